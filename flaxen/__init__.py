@@ -1,0 +1,7 @@
+"""flaxen: a neural-network library for JAX designed for flexibility."""
+
+__version__ = "0.1.0"
+
+from flaxen import errors as errors  # noqa: E402
+from flaxen import nn as nn  # noqa: E402
+from flaxen import struct as struct  # noqa: E402

@@ -1,0 +1,155 @@
+"""Every exception flaxen raises, in one place.
+
+Each message says where (the module path), what was expected, what was got, and the
+most likely fix. All classes derive from ``FlaxenError``, which is a ``ValueError`` so
+that code written against the pre-release Flax (which raised ``ValueError``) still
+catches them.
+"""
+
+from __future__ import annotations
+
+
+class FlaxenError(ValueError):
+    """Base class of every flaxen error."""
+
+
+# -- Module system -------------------------------------------------------------------
+
+
+class ModuleOutsideApplyError(FlaxenError):
+    """A Module class was called outside any ``apply`` and outside the entry points."""
+
+    def __init__(self, class_name: str):
+        super().__init__(
+            f"{class_name}(...) was called outside any Module.apply. Calling a Module class "
+            "only runs it inside another module's apply. At top level, create parameters "
+            f"with `out, params = {class_name}.init(rng, *inputs, ...)` (or `init_by_shape`), "
+            f"then run it with `{class_name}.call(params, *inputs, ...)` or "
+            f"`nn.Model({class_name}, params)(*inputs)`."
+        )
+
+
+class NameInUseError(FlaxenError):
+    """A name is used twice in one scope (two children, two params, or a param and a child)."""
+
+    def __init__(self, path: str, name: str, kind: str, other_kind: str):
+        fix = (
+            "use `.shared()` when the parameters are meant to be shared, or pass a distinct `name=`"
+            if kind == other_kind == "module"
+            else "give one of them a different name"
+        )
+        super().__init__(
+            f'In module "{path}": the name "{name}" is used for a {kind}, but it is already '
+            f"used for a {other_kind} in the same module. Names must be unique per module; "
+            f"{fix}."
+        )
+
+
+class ParamShapeError(FlaxenError):
+    """A parameter was requested with a shape that differs from the stored one."""
+
+    def __init__(self, path: str, expected: tuple, got: tuple):
+        super().__init__(
+            f'Parameter "{path}" is stored with shape {tuple(expected)}, but the module now '
+            f"asks for shape {tuple(got)}. Most likely an input has a different size than the "
+            "one the parameters were initialised with (for example a different number of "
+            "features), or the params belong to another model. Check the input shape, or "
+            "re-initialise the parameters."
+        )
+
+
+class ParamNotFoundError(FlaxenError):
+    """A parameter or child module has no entry in the params passed to ``call``."""
+
+    def __init__(self, path: str, kind: str, available: list[str]):
+        super().__init__(
+            f'No {kind} named "{path}" in the params passed to this model. The params at '
+            f"that level have the keys {sorted(available)}. Most likely the params belong "
+            "to a different model or were built with other hyper-parameters; create them "
+            "with `init`/`init_by_shape` of this module, or check the module's `name=`s."
+        )
+
+
+class ParamsStructureError(FlaxenError):
+    """``params`` is not a nested dict of the expected layout."""
+
+    def __init__(self, path: str, got: object):
+        super().__init__(
+            f'Expected the params for module "{path}" to be a dict (a nested dict of arrays '
+            f"as returned by `init`), got {type(got).__name__}. If you have a `Model`, pass "
+            "`model.params`, or call the model directly."
+        )
+
+
+class SharedModuleError(FlaxenError):
+    """A shared module was created or named in a way that cannot work."""
+
+
+class InvalidNameError(FlaxenError):
+    """A module or parameter name is not a string, or contains a slash or a colon."""
+
+
+# -- State and randomness ------------------------------------------------------------
+
+
+class MissingStateError(FlaxenError):
+    """A module needs state (e.g. BatchNorm statistics) but none was provided."""
+
+    def __init__(self, path: str, what: str = "state"):
+        super().__init__(
+            f'Module "{path}" needs {what}, but no state collection is active. Either use '
+            "the explicit path: `out, params, state = Module.init_with_state(rng, x)` and "
+            "`out, new_state = model.call_with_state(state, x)`, or wrap the call in "
+            "`with nn.stateful(state) as new_state:` (opened inside any jax.jit/grad)."
+        )
+
+
+class ImmutableStateError(FlaxenError):
+    """State was written to a collection that is not mutable."""
+
+    def __init__(self, path: str):
+        super().__init__(
+            f'Module "{path}" tried to update its state, but the state collection is not '
+            "mutable. For evaluation pass a flag such as `use_running_average=True` so the "
+            "module only reads its state; to update it use `collection.mutate()` or "
+            "`nn.stateful(state)` (mutable by default), or `call_with_state`."
+        )
+
+
+class StateTraceError(FlaxenError):
+    """A stateful or stochastic scope was opened outside the current JAX transformation."""
+
+    def __init__(self, path: str, what: str):
+        super().__init__(
+            f'Module "{path}" used {what} inside a JAX transformation (jit, grad, vmap, scan) '
+            "but the scope providing it was opened outside that transformation. Its values "
+            "would leak out of the trace (and random keys would be baked into the compiled "
+            "function). Open the `nn.stateful(...)`/`nn.stochastic(...)` scope inside the "
+            "transformed function, or pass state and keys explicitly with "
+            "`model.call_with_state(state, x, _rng=key)` / `model(x, _rng=key)`."
+        )
+
+
+class MissingRngError(FlaxenError):
+    """A module needs random numbers (e.g. dropout) but no RNG was provided."""
+
+    def __init__(self, path: str):
+        super().__init__(
+            f'Module "{path}" needs a random key (for example for dropout), but none was '
+            "provided. Pass one explicitly with `model(x, _rng=key)` / "
+            "`Module.call(params, x, _rng=key)`, or wrap the call in "
+            "`with nn.stochastic(key):`. For evaluation, pass `deterministic=True`."
+        )
+
+
+# -- Shapes of user inputs -------------------------------------------------------------
+
+
+class ShapeError(FlaxenError):
+    """An input has the wrong rank or size for a layer."""
+
+    def __init__(self, path: str, what: str, expected: object, got: object, fix: str = ""):
+        msg = f'In module "{path}": {what}: expected {expected}, got {got}.'
+        if fix:
+            msg += f" {fix}"
+        super().__init__(msg)

@@ -1,0 +1,538 @@
+"""The Module system: parameterised functions that override ``apply``.
+
+A Module subclass overrides ``apply(self, *inputs, **hyperparameters)``. Inside ``apply``,
+``self.param(name, shape, init_fn)`` creates (at init) or reads (at call) a parameter, and
+calling another Module class, ``nn.Dense(x, features=10)``, runs it as a child with its
+own sub-dict of params, named ``Dense_0`` automatically or by ``name=``.
+
+Parameters never live on objects. Each run of a module owns one ``_Frame``: its name,
+its parent, its level of the nested params dict, and, at init, a PRNG key. Frames sit
+on a thread-local stack (``_context``). The entry points (``init``, ``init_by_shape``,
+``call``, ``create``, ``create_by_shape``) open the root frame; ``Model`` binds a
+Module class to its params as a pytree that passes through ``jax.jit`` like a dict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import inspect
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from flaxen.errors import (
+    InvalidNameError,
+    ModuleOutsideApplyError,
+    NameInUseError,
+    ParamNotFoundError,
+    ParamShapeError,
+    ParamsStructureError,
+    SharedModuleError,
+)
+from flaxen.nn import collection as _coll
+from flaxen.nn import stochastic as _stoch
+from flaxen.nn._context import current_frame, pushed, stacks
+
+Params = dict[str, Any]
+InitFn = Callable[[jax.Array, Sequence[int]], Any]
+
+
+def fold_in_str(rng: jax.Array, name: str) -> jax.Array:
+    """``fold_in(rng, first 4 bytes of sha1(name))``: a key that depends on the name only."""
+    digest = hashlib.sha1(name.encode("utf-8")).digest()
+    return jax.random.fold_in(rng, int.from_bytes(digest[:4], "big"))
+
+
+def _join(parent_path: str, name: str) -> str:
+    return parent_path.rstrip("/") + "/" + name
+
+
+class _Frame:
+    """One run of one module: its scope of names and its level of the params dict."""
+
+    __slots__ = ("name", "parent", "params", "rng", "path", "counter", "claimed", "shared",
+                 "class_name", "transparent")
+
+    def __init__(self, name: str | None, parent: _Frame | None, params: Params, rng: Any,
+                 class_name: str = "", transparent: bool = False):
+        self.name = name
+        self.class_name = class_name
+        self.transparent = transparent
+        transparent_parent = parent is not None and parent.transparent
+        self.parent = parent
+        self.params = params
+        self.rng = rng  # None in apply mode
+        if parent is None:
+            self.path = "/" if name is None else "/" + name
+        elif transparent_parent or name is None:
+            self.path = parent.path
+        else:
+            self.path = _join(parent.path, name)
+        self.counter = 0
+        self.claimed: dict[str, str] = {}  # name -> "param" | "module" | "shared module"
+        self.shared: set[str] = set()  # names reserved by .shared() in this frame
+
+    def label(self, name: str | None = None) -> str:
+        """The path for messages, led by the root module's class: ``CNN/Dense_2/kernel``."""
+        root = self
+        while root.parent is not None:
+            root = root.parent
+        path = self.path if name is None else _join(self.path, name)
+        return root.class_name + ("" if path == "/" else path)
+
+    @property
+    def is_init(self) -> bool:
+        return self.rng is not None
+
+    def create_name(self) -> str:
+        """The next value of the per-parent counter shared by all unnamed children."""
+        n = self.counter
+        self.counter += 1
+        return str(n)
+
+    def claim(self, name: str, kind: str) -> None:
+        """Reserves ``name`` for a ``kind``; raises if it is taken (shared modules may repeat)."""
+        _check_name(name)
+        previous = self.claimed.get(name)
+        if previous is not None and not (previous == kind == "shared module"):
+            raise NameInUseError(self.label(), name, kind, previous)
+        self.claimed[name] = kind
+
+    def on_stack(self) -> bool:
+        return any(f is self for f in stacks.frames)
+
+
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str):
+        raise InvalidNameError(f"A module or parameter name must be a string, got {name!r}.")
+    if not name or "/" in name or ":" in name:
+        raise InvalidNameError(
+            f"Name {name!r} is not allowed: names must be non-empty and contain no slashes "
+            "or colons (slashes separate the levels of a parameter path)."
+        )
+
+
+class Module:
+    """Base class of all modules. Subclasses override ``apply``.
+
+    Calling the class inside another module's ``apply`` runs it and returns its output;
+    at top level use the class methods ``init``/``init_by_shape``/``call``.
+    """
+
+    # Class-level configuration, set by partial/shared/module_method subclasses.
+    _partial_kwargs: dict[str, Any] = {}
+    _default_name: str | None = None
+    _shared_name: str | None = None
+    _shared_frame: _Frame | None = None
+    _transparent: bool = False
+    _frame: _Frame
+
+    def apply(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must override `apply`.")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__doc__ is None and cls.apply.__doc__:
+            cls.__doc__ = cls.apply.__doc__
+
+    # -- Running as a child -------------------------------------------------------------
+
+    def __new__(cls, *args: Any, name: str | None = None, **kwargs: Any) -> Any:
+        frame = current_frame()
+        if frame is None:
+            raise ModuleOutsideApplyError(cls.__name__)
+        kwargs = {**cls._partial_kwargs, **kwargs}
+        if cls._shared_name is not None:
+            if name is not None:
+                raise SharedModuleError(
+                    f'Cannot override the name of shared module "{cls._shared_name}" '
+                    f"(got name={name!r}); pass the name to `.shared(name=...)` instead."
+                )
+            parent, name, kind = cls._shared_frame, cls._shared_name, "shared module"
+            assert parent is not None
+            if not parent.on_stack():
+                raise SharedModuleError(
+                    f'Shared module "{parent.label(name)}" was used after the module '
+                    "that created it returned. Create it with `.shared()` inside the apply "
+                    "of a module that encloses every use."
+                )
+        else:
+            parent, kind = frame, "module"
+            if name is None:
+                name = cls._default_name or f"{cls.__name__}_{parent.create_name()}"
+        parent.claim(name, kind)
+        if parent.is_init and name not in parent.params:
+            params: Params = {}
+            parent.params[name] = params
+            rng = fold_in_str(parent.rng, name)
+        else:
+            if name not in parent.params:
+                raise ParamNotFoundError(parent.label(name), "module", list(parent.params))
+            params = parent.params[name]
+            if not isinstance(params, dict):
+                raise ParamsStructureError(parent.label(name), params)
+            rng = None
+        return cls._run(name, parent, params, rng, args, kwargs)
+
+    @classmethod
+    def _run(cls, name: str | None, parent: _Frame | None, params: Params, rng: Any,
+             args: tuple, kwargs: dict) -> Any:
+        frame = _Frame(name, parent, params, rng, cls.__name__, cls._transparent)
+        instance = object.__new__(cls)
+        instance._frame = frame
+        with pushed(stacks.frames, frame):
+            out = instance.apply(*args, **kwargs)
+        if stacks.captures:
+            _coll.record_output(frame, out)
+        return out
+
+    # -- Inside apply -------------------------------------------------------------------
+
+    def param(self, name: str, shape: Sequence[int] | None, initializer: InitFn) -> Any:
+        """Creates (at init) or reads (at call) the parameter ``name`` of this module.
+
+        Args:
+          name: the key in this module's params dict (``kernel``, ``bias``, ...).
+          shape: the expected shape, checked against the stored value; None for a
+            parameter that is an arbitrary pytree.
+          initializer: ``initializer(key, shape) -> array``, called only at init.
+
+        Raises:
+          ParamShapeError: the stored parameter has another shape.
+          ParamNotFoundError: at call time, the params have no such entry.
+          NameInUseError: the name is already a parameter or child of this module.
+        """
+        frame = self._frame
+        frame.claim(name, "param")
+        path = frame.label(name)
+        if frame.is_init and name not in frame.params:
+            value = initializer(fold_in_str(frame.rng, name), shape)
+            frame.params[name] = value
+        elif name in frame.params:
+            value = frame.params[name]
+        else:
+            raise ParamNotFoundError(path, "parameter", list(frame.params))
+        if shape is not None:
+            got = tuple(getattr(value, "shape", ()))
+            if got != tuple(shape):
+                raise ParamShapeError(path, got, tuple(shape))
+        return value
+
+    def get_param(self, name: str) -> Any:
+        """The stored value under ``name`` (a parameter, or a child's params dict)."""
+        if name not in self._frame.params:
+            raise ParamNotFoundError(self._frame.label(name), "parameter",
+                                     list(self._frame.params))
+        return self._frame.params[name]
+
+    def state(self, name: str, shape: Sequence[int] | None = None,
+              initializer: InitFn | None = None,
+              collection: _coll.Collection | None = None) -> _coll.ModuleState:
+        """Declares a state variable of this module; returns a handle with ``.value``.
+
+        The value lives in ``collection`` or, by default, the active ``nn.stateful``
+        collection. If it does not exist yet and ``initializer`` is given, it is set to
+        ``initializer(key, shape)`` with a key derived from this module's path.
+        """
+        collection = _coll.get_state() if collection is None else collection
+        handle = _coll.ModuleState(collection, name)
+        if initializer is not None and not handle.exists():
+            key = self._state_key(name)
+            handle.value = initializer(key, shape)
+        return handle
+
+    def _state_key(self, name: str) -> jax.Array:
+        frame: _Frame | None = self._frame
+        while frame is not None and not frame.is_init:
+            frame = frame.parent
+        base = frame.rng if frame is not None else jax.random.PRNGKey(0)
+        return fold_in_str(fold_in_str(base, "state"), _join(self._frame.path, name))
+
+    def is_initializing(self) -> bool:
+        """True while this module creates its parameters (``init``)."""
+        return self._frame.is_init
+
+    def is_stateful(self) -> bool:
+        """True if a state collection is active."""
+        return _coll.is_stateful()
+
+    @property
+    def path(self) -> str:
+        """The slash path of this module (``/Conv_0``), for messages and state keys."""
+        return self._frame.path
+
+    # -- Entry points -------------------------------------------------------------------
+
+    @classmethod
+    def _root(cls, name: str | None, params: Params, rng: Any, args: tuple,
+              kwargs: dict) -> Any:
+        kwargs = {**cls._partial_kwargs, **kwargs}
+        name = name if name is not None else cls._default_name
+        if name is not None:
+            _check_name(name)
+        return cls._run(name, current_frame(), params, rng, args, kwargs)
+
+    @classmethod
+    def init(cls, _rng: jax.Array, *args: Any, name: str | None = None,
+             **kwargs: Any) -> tuple[Any, Params]:
+        """Runs ``apply`` on real inputs, creating parameters. Returns ``(output, params)``.
+
+        If no ``nn.stochastic`` scope is active, one derived from ``_rng`` is opened, so
+        modules that draw keys (dropout) also run at init.
+        """
+        params: Params = {}
+        scope = (contextlib.nullcontext() if _stoch.is_stochastic()
+                 else _stoch._init_scope(fold_in_str(_rng, "stochastic")))
+        with scope:
+            out = cls._root(name, params, _rng, args, kwargs)
+        return out, params
+
+    @classmethod
+    def init_by_shape(cls, _rng: jax.Array, input_specs: Iterable[Any], *args: Any,
+                      name: str | None = None, **kwargs: Any) -> tuple[Any, Params]:
+        """Like ``init`` but from input shapes, spending no FLOPs on the inputs.
+
+        Args:
+          _rng: the PRNG key for the initializers.
+          input_specs: one entry per leading input of ``apply``: ``(shape, dtype)``, a
+            plain shape (float32), or a ``jax.ShapeDtypeStruct``.
+          *args, **kwargs: further arguments of ``apply``.
+
+        Returns:
+          ``(output_shapes, params)``: output as ``jax.ShapeDtypeStruct``s, real params.
+        """
+        specs = [_as_spec(s) for s in input_specs]
+        out_shapes: list[Any] = []
+        state = _coll.get_state() if _coll.is_stateful() else None
+        outer_key = _stoch.make_rng() if _stoch.is_stochastic() else None
+
+        def init_params(rng: jax.Array, key: Any) -> tuple[Params, dict[str, Any]]:
+            inputs = [jnp.zeros(s.shape, s.dtype) for s in specs]
+            scopes = contextlib.ExitStack()
+            with scopes:
+                if key is not None:
+                    scopes.enter_context(_stoch.stochastic(key))
+                new_state = (scopes.enter_context(_coll.stateful(_coll.Collection()))
+                             if state is not None else None)
+                out, params = cls.init(rng, *inputs, *args, name=name, **kwargs)
+            out_shapes.append(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), out))
+            return params, (new_state.as_dict() if new_state is not None else {})
+
+        # Only params leave the jitted function: XLA drops the forward pass as dead code.
+        params, new_values = jax.jit(init_params)(_rng, outer_key)
+        if state is not None:
+            for path, value in new_values.items():
+                state._state.setdefault(path, value)
+        return out_shapes[0], params
+
+    @classmethod
+    def call(cls, params: Params, *args: Any, name: str | None = None,
+             _rng: jax.Array | None = None, **kwargs: Any) -> Any:
+        """Runs ``apply`` with existing ``params``. ``_rng`` feeds dropout, if given."""
+        if cls._transparent:
+            params = {"0": params}
+        if not isinstance(params, dict):
+            raise ParamsStructureError(name or cls.__name__, params)
+        scope = _stoch.stochastic(_rng) if _rng is not None else contextlib.nullcontext()
+        with scope:
+            return cls._root(name, params, None, args, kwargs)
+
+    @classmethod
+    def init_with_state(cls, _rng: jax.Array, *args: Any, name: str | None = None,
+                        **kwargs: Any) -> tuple[Any, Params, _coll.Collection]:
+        """The explicit form of ``with nn.stateful() as state: init(...)``.
+
+        Returns ``(output, params, state)``; ``state`` holds e.g. BatchNorm statistics.
+        """
+        with _coll.stateful() as state:
+            out, params = cls.init(_rng, *args, name=name, **kwargs)
+        return out, params, state
+
+    @classmethod
+    def call_with_state(cls, params: Params, state: _coll.Collection | None, *args: Any,
+                        _rng: jax.Array | None = None, _mutable: bool = True,
+                        name: str | None = None, **kwargs: Any) -> tuple[Any, Any]:
+        """The explicit form of ``with nn.stateful(state) as new: call(...)``.
+
+        Returns ``(output, new_state)``. Works under ``jit``/``grad``/``vmap``/``scan``
+        because the state goes in and comes out as ordinary values.
+        """
+        with _coll.stateful(state, mutable=_mutable) as new_state:
+            out = cls.call(params, *args, name=name, _rng=_rng, **kwargs)
+        return out, new_state
+
+    @classmethod
+    def create(cls, _rng: jax.Array, *args: Any, name: str | None = None,
+               **kwargs: Any) -> tuple[Any, Model]:
+        """``init``, then wrap the params in a ``Model``. Returns ``(output, model)``."""
+        out, params = cls.init(_rng, *args, name=name, **kwargs)
+        return out, Model(cls, params)
+
+    @classmethod
+    def create_by_shape(cls, _rng: jax.Array, input_specs: Iterable[Any], *args: Any,
+                        name: str | None = None, **kwargs: Any) -> tuple[Any, Model]:
+        """``init_by_shape``, then wrap the params in a ``Model``."""
+        out, params = cls.init_by_shape(_rng, input_specs, *args, name=name, **kwargs)
+        return out, Model(cls, params)
+
+    # -- Deriving classes ---------------------------------------------------------------
+
+    @classmethod
+    def partial(cls, *, name: str | None = None, **kwargs: Any) -> type[Module]:
+        """A subclass with keyword arguments (and optionally a default name) pre-bound.
+
+        Call-time keyword arguments override pre-bound ones. Partials with the same
+        hashable arguments return the same class, so ``jax.jit`` does not retrace.
+        """
+        try:
+            key: Any = (cls, name, tuple(sorted(kwargs.items())))
+            hash(key)
+        except TypeError:
+            key = None
+        if key is not None and key in _PARTIALS:
+            return _PARTIALS[key]
+        sub = type(cls.__name__, (cls,), {
+            "_partial_kwargs": {**cls._partial_kwargs, **kwargs},
+            "_default_name": name if name is not None else cls._default_name,
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+        })
+        if key is not None:
+            _PARTIALS[key] = sub
+        return sub
+
+    @classmethod
+    def shared(cls, *, name: str | None = None, **kwargs: Any) -> type[Module]:
+        """A subclass whose every call, anywhere below this module, uses one set of params.
+
+        Must be called inside an ``apply``; the params live under the module where
+        ``.shared()`` was called, named ``name`` or ``ClassName_N``.
+        """
+        frame = current_frame()
+        if frame is None:
+            raise SharedModuleError(
+                f"{cls.__name__}.shared() must be called inside a module's apply; at top "
+                "level, reuse the same Model or params instead."
+            )
+        if name is None:
+            name = f"{cls.__name__}_{frame.create_name()}"
+        _check_name(name)
+        if name in frame.shared:
+            raise SharedModuleError(f'In module "{frame.label()}": shared module named "{name}" '
+                                    "already exists; give the second one another name.")
+        frame.shared.add(name)
+        base = cls.partial(**kwargs)
+        return type(cls.__name__, (base,), {
+            "_shared_name": name, "_shared_frame": frame,
+            "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+        })
+
+
+_PARTIALS: dict[Any, type[Module]] = {}
+
+
+def _as_spec(spec: Any) -> jax.ShapeDtypeStruct:
+    if isinstance(spec, jax.ShapeDtypeStruct):
+        return spec
+    if (isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], (tuple, list))
+            and not isinstance(spec[1], (tuple, list, int))):
+        return jax.ShapeDtypeStruct(tuple(spec[0]), spec[1])
+    if isinstance(spec, (tuple, list)) and all(isinstance(d, int) for d in spec):
+        return jax.ShapeDtypeStruct(tuple(spec), jnp.float32)
+    raise ValueError(
+        f"Each input spec must be (shape, dtype), a plain shape, or a jax.ShapeDtypeStruct; "
+        f"got {spec!r}."
+    )
+
+
+def module(fun: Callable[..., Any]) -> type[Module]:
+    """Turns a plain function into a Module (it can call other modules, not ``self.param``)."""
+
+    def apply(self: Module, *args: Any, **kwargs: Any) -> Any:
+        return fun(*args, **kwargs)
+
+    apply.__doc__ = fun.__doc__
+    return type(fun.__name__, (Module,), {
+        "apply": apply, "__doc__": fun.__doc__,
+        "__module__": fun.__module__, "__qualname__": fun.__qualname__,
+    })
+
+
+class module_method:  # noqa: N801 - lower case, as in the pre-release API
+    """Decorator for a second entry point of a module (``model.decode(z)``).
+
+    Looked up on a Module class ``C``, it gives a subclass of ``C`` whose ``apply`` is the
+    decorated function, so it runs on the same params (and inherits C's partial kwargs).
+    """
+
+    def __init__(self, fn: Callable[..., Any]):
+        self.fn = fn
+        self._cache: dict[type, type[Module]] = {}
+
+    def __get__(self, instance: Any, owner: type[Module]) -> type[Module]:
+        if owner not in self._cache:
+            self._cache[owner] = type(self.fn.__name__, (owner,), {
+                "apply": self.fn, "__module__": owner.__module__,
+                "__qualname__": f"{owner.__qualname__}.{self.fn.__name__}",
+            })
+        return self._cache[owner]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Model:
+    """A Module class bound to its params: callable, and a pytree whose leaves are params.
+
+    The module class is static metadata, so ``jax.jit``, ``jax.grad``, ``jax.vmap`` and
+    ``jax.tree.map`` see only the params dict.
+    """
+
+    module: type[Module]
+    params: Any
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module.call(self.params, *args, **kwargs)
+
+    def call_with_state(self, state: _coll.Collection | None, *args: Any,
+                        **kwargs: Any) -> tuple[Any, Any]:
+        """``(output, new_state)``; see ``Module.call_with_state``."""
+        return self.module.call_with_state(self.params, state, *args, **kwargs)
+
+    def replace(self, **updates: Any) -> Model:
+        """A copy with fields replaced, e.g. ``model.replace(params=ema_params)``."""
+        return dataclasses.replace(self, **updates)
+
+    def truncate_at(self, module_path: Any) -> Model:
+        """A model that returns the outputs recorded at ``module_path`` (a path or a pytree
+        of paths) instead of its own output; each is a list, one entry per call."""
+        return self.replace(module=TruncatedModule.partial(wrapped_module=self.module,
+                                                           truncate_path=module_path))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("module", "params"):
+            raise AttributeError(name)
+        attr = getattr(self.module, name, None)
+        if inspect.isclass(attr) and issubclass(attr, Module):
+            method = attr
+            return lambda *args, **kwargs: method.call(self.params, *args, **kwargs)
+        raise AttributeError(f'No attribute named "{name}" on Model({self.module.__name__}).')
+
+
+jax.tree_util.register_dataclass(Model, data_fields=["params"], meta_fields=["module"])
+
+
+class TruncatedModule(Module):
+    """Runs a wrapped module and returns the outputs captured at the given path(s)."""
+
+    _transparent = True
+
+    def apply(self, *args: Any, wrapped_module: type[Module] | None = None,
+              truncate_path: Any = None, **kwargs: Any) -> Any:
+        if wrapped_module is None or truncate_path is None:
+            raise ValueError("`wrapped_module` and `truncate_path` are required keyword arguments")
+        with _coll.capture_module_outputs() as captured:
+            wrapped_module(*args, name="0", **kwargs)
+        return jax.tree.map(lambda p: captured[p], truncate_path)

@@ -1,0 +1,231 @@
+"""Non-trainable state (BatchNorm statistics, decoding caches) and output capture.
+
+A ``Collection`` is a flat, immutable pytree mapping a module path (``'/BatchNorm_0'``) to
+a value. ``mutate()`` gives a mutable copy that modules write into while a block runs;
+the original never changes. The pre-release spellings are kept:
+
+    with nn.stateful(state) as new_state:   # opened inside jit/grad
+        y = model(x)
+
+and the explicit path does the same without hidden context:
+``y, new_state = model.call_with_state(state, x)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+
+from flaxen.errors import FlaxenError, ImmutableStateError, MissingStateError, StateTraceError
+from flaxen.nn._context import current_frame, current_path, pushed, stacks, trace_state
+
+
+class Collection:
+    """A flat ``{module_path: value}`` store, anchored at the module that created it.
+
+    Paths are relative to the anchor (the module running when the Collection was made,
+    or the top level), so a Collection made inside ``/a`` stores ``/b`` for ``/a/b``.
+    """
+
+    def __init__(self, state: dict[str, Any] | None = None):
+        self._state: dict[str, Any] = dict(state or {})
+        self._anchor = current_frame()
+        self._mutable = False
+        self._trace: Any = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """A shallow copy of the ``{path: value}`` dict."""
+        return dict(self._state)
+
+    def __getitem__(self, path: str) -> Any:
+        return self._state[path]
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._state
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._state!r})"
+
+    @contextlib.contextmanager
+    def mutate(self) -> Iterator[Collection]:
+        """Yields a mutable copy, which becomes immutable again when the block ends."""
+        clone = self._clone()
+        clone._mutable = True
+        clone._trace = trace_state()
+        try:
+            yield clone
+        finally:
+            clone._mutable = False
+
+    def _clone(self) -> Collection:
+        clone = type(self).__new__(type(self))
+        clone._state = dict(self._state)
+        clone._anchor = self._anchor
+        clone._mutable = False
+        clone._trace = None
+        return clone
+
+    def _relative_path(self, frame: Any) -> str | None:
+        """The path of ``frame`` relative to the anchor, or None if outside its scope."""
+        if self._anchor is None:
+            return frame.path
+        if frame is self._anchor:
+            return "/"
+        walk = frame.parent
+        while walk is not None and walk is not self._anchor:
+            walk = walk.parent
+        if walk is None:
+            return None
+        rel = frame.path[len(self._anchor.path) :]
+        return rel if rel.startswith("/") else "/" + rel
+
+    def _frame_path(self, action: str) -> str:
+        frame = current_frame()
+        if frame is None:
+            raise FlaxenError(f"Collection.{action} should only be used inside a module's apply.")
+        path = self._relative_path(frame)
+        if path is None:
+            raise FlaxenError(
+                f'Module "{frame.path}" is outside the scope of this Collection (made in '
+                f'"{self._anchor.path}"). Most likely a shared module was passed around; '
+                "create the Collection at a common parent."
+            )
+        return path
+
+    def retrieve(self, default: Any = None) -> Any:
+        """The value stored for the running module's path, or ``default``."""
+        return self._state.get(self._frame_path("retrieve"), default)
+
+    def store(self, value: Any) -> Any:
+        """Stores ``value`` for the running module's path; returns the previous value."""
+        if not self._mutable:
+            raise ImmutableStateError(current_path())
+        if trace_state() != self._trace and _has_tracer(value):
+            raise StateTraceError(current_path(), "state (nn.stateful/Collection.store)")
+        path = self._frame_path("store")
+        previous = self._state.get(path)
+        self._state[path] = value
+        return previous
+
+
+def _has_tracer(tree: Any) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
+
+
+def _flatten(c: Collection) -> tuple[list[Any], tuple[Any, ...]]:
+    if c._mutable:
+        raise FlaxenError(
+            "A mutable Collection should not be passed through a JAX transformation. Pass "
+            "the state in immutable, and open `nn.stateful(state)` inside the function."
+        )
+    keys = tuple(sorted(c._state))
+    return [c._state[k] for k in keys], (type(c), keys, c._anchor)
+
+
+def _unflatten(aux: tuple[Any, ...], children: list[Any]) -> Collection:
+    cls, keys, anchor = aux
+    c = cls.__new__(cls)
+    c._state = dict(zip(keys, children))
+    c._anchor = anchor
+    c._mutable = False
+    c._trace = None
+    return c
+
+
+jax.tree_util.register_pytree_node(Collection, _flatten, _unflatten)
+
+
+def register_collection(cls: type[Collection]) -> type[Collection]:
+    """Registers a Collection subclass (such as an attention ``Cache``) as a pytree."""
+    jax.tree_util.register_pytree_node(cls, _flatten, _unflatten)
+    return cls
+
+
+@contextlib.contextmanager
+def stateful(state: Collection | None = None, mutable: bool = True) -> Iterator[Collection]:
+    """Makes ``state`` the active state collection for modules run inside the block.
+
+    Args:
+      state: the current state, or None for a new empty one (use it around ``init``).
+      mutable: if True (training), yields a mutable copy that holds the new state and
+        stays readable after the block; if False (evaluation), writes raise an error.
+
+    Yields:
+      The collection modules read and write; with ``mutable=True`` this is the new state.
+    """
+    state = Collection() if state is None else state
+    if not isinstance(state, Collection):
+        raise FlaxenError(
+            f"nn.stateful expects a Collection (as returned by init_with_state or a previous "
+            f"nn.stateful block), got {type(state).__name__}."
+        )
+    if mutable:
+        with state.mutate() as new_state, pushed(stacks.states, new_state):
+            yield new_state
+    else:
+        with pushed(stacks.states, state):
+            yield state
+
+
+def is_stateful() -> bool:
+    """Whether a state collection is active."""
+    return bool(stacks.states)
+
+
+def get_state() -> Collection:
+    """The innermost active state collection; raises MissingStateError if none is."""
+    if not stacks.states:
+        raise MissingStateError(current_path())
+    return stacks.states[-1]
+
+
+class ModuleState:
+    """A handle to one named state variable of one module (``Module.state`` returns it)."""
+
+    def __init__(self, collection: Collection, name: str):
+        self._collection = collection
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def value(self) -> Any:
+        values = self._collection.retrieve(default={})
+        if self._name not in values:
+            raise MissingStateError(current_path(), f'the state variable "{self._name}"')
+        return values[self._name]
+
+    @value.setter
+    def value(self, v: Any) -> None:
+        values = dict(self._collection.retrieve(default={}))
+        values[self._name] = v
+        self._collection.store(values)
+
+    def exists(self) -> bool:
+        return self._name in self._collection.retrieve(default={})
+
+
+@contextlib.contextmanager
+def capture_module_outputs() -> Iterator[Collection]:
+    """Records every module's output, as a list per module path, while the block runs.
+
+    Example: ``{'/': [y], '/Dense_0': [h]}``. A shared module run k times has k entries.
+    """
+    with Collection().mutate() as captured, pushed(stacks.captures, captured):
+        yield captured
+
+
+def record_output(frame: Any, output: Any) -> None:
+    """Appends ``output`` to every active capture whose scope contains ``frame``."""
+    for captured in stacks.captures:
+        path = captured._relative_path(frame)
+        if path is not None:
+            captured._state.setdefault(path, []).append(output)
