@@ -32,5 +32,6 @@ from flaxen.nn.collection import stateful as stateful
 from flaxen.nn.stochastic import is_stochastic as is_stochastic
 from flaxen.nn.stochastic import make_rng as make_rng
 from flaxen.nn.stochastic import stochastic as stochastic
+from flaxen.nn.summary import summary as summary
 
 # Layers (one file per family) are re-exported below as they land.
