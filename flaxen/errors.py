@@ -153,3 +153,39 @@ class ShapeError(FlaxenError):
         if fix:
             msg += f" {fix}"
         super().__init__(msg)
+
+
+# -- Serialization and checkpoints -----------------------------------------------------
+
+
+class SerializationError(FlaxenError):
+    """Bytes or a state dict cannot be turned into the requested object.
+
+    Raised for damaged or hostile data (truncated, random bytes, absurd sizes, unknown
+    dtypes), for a state dict whose structure does not fit the target, and for values
+    that cannot be written (object dtypes, non-string dict keys).
+    """
+
+
+class CheckpointError(FlaxenError):
+    """Base class of the checkpoint errors (``flaxen.training.checkpoints``)."""
+
+
+class CheckpointNotFoundError(CheckpointError):
+    """A requested checkpoint directory or step does not exist."""
+
+
+class CheckpointExistsError(CheckpointError):
+    """Saving would overwrite a checkpoint (or go behind a newer one) with overwrite=False."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """Writing a checkpoint failed (disk full, read-only directory, ...); nothing was lost."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint does not match the target; ``.report`` lists every difference."""
+
+    def __init__(self, message: str, report: object = None):
+        super().__init__(message)
+        self.report = report
