@@ -1,0 +1,1 @@
+"""Forkable examples (each folder is self-contained)."""
