@@ -155,6 +155,19 @@ class ShapeError(FlaxenError):
         super().__init__(msg)
 
 
+# -- Layer hyperparameters -------------------------------------------------------------
+
+
+class LayerArgumentError(FlaxenError):
+    """A layer got a hyperparameter or input dtype it cannot work with."""
+
+    def __init__(self, path: str, what: str, expected: object, got: object, fix: str = ""):
+        msg = f'In module "{path}": {what}: expected {expected}, got {got}.'
+        if fix:
+            msg += f" {fix}"
+        super().__init__(msg)
+
+
 # -- Serialization and checkpoints -----------------------------------------------------
 
 
@@ -189,3 +202,47 @@ class CheckpointMismatchError(CheckpointError):
     def __init__(self, message: str, report: object = None):
         super().__init__(message)
         self.report = report
+
+
+# -- Optimizers and parallelism ------------------------------------------------------------
+
+
+class HyperParamError(FlaxenError):
+    """An optimizer hyper-parameter is missing, unknown, out of range, or not overridable."""
+
+    def __init__(self, optimizer: str, name: str, problem: str, fix: str = ""):
+        msg = f"{optimizer}: hyper-parameter `{name}` {problem}."
+        if fix:
+            msg += f" {fix}"
+        super().__init__(msg)
+
+
+class GradientStructureError(FlaxenError):
+    """Gradients do not have the structure (paths, shapes) of the optimizer's target."""
+
+    def __init__(self, path: str, expected: object, got: object, fix: str = ""):
+        msg = (
+            f'Gradients do not match the optimizer target at "{path}": expected {expected}, '
+            f"got {got}."
+        )
+        msg += " " + (fix or (
+            "Compute gradients with respect to `optimizer.target`, e.g. "
+            "`jax.grad(loss_fn)(optimizer.target)`, so they mirror the target exactly."
+        ))
+        super().__init__(msg)
+
+
+class BatchShardingError(FlaxenError):
+    """A batch cannot be split evenly along the mesh's batch axis."""
+
+    def __init__(self, path: str, size: int, devices: int, axis_name: str):
+        super().__init__(
+            f'Cannot split the batch array at "{path}" along mesh axis "{axis_name}": its '
+            f"leading dimension is {size}, which is not divisible by the {devices} devices "
+            f"on that axis. Use a global batch size that is a multiple of {devices} (for "
+            f"example {max(devices, size - size % devices)}), or drop the last partial batch."
+        )
+
+
+class ReplicationError(FlaxenError):
+    """An array cannot be replicated or brought back to one device as asked."""
