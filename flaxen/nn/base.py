@@ -73,7 +73,7 @@ class _Frame:
         else:
             self.path = _join(parent.path, name)
         self.counter = 0
-        self.claimed: dict[str, str] = {}  # name -> "param" | "module" | "shared module"
+        self.claimed: dict[str, str] = {}  # name -> "parameter" | "module" | "shared module"
         self.shared: set[str] = set()  # names reserved by .shared() in this frame
 
     def label(self, name: str | None = None) -> str:
@@ -207,7 +207,7 @@ class Module:
           NameInUseError: the name is already a parameter or child of this module.
         """
         frame = self._frame
-        frame.claim(name, "param")
+        frame.claim(name, "parameter")
         path = frame.label(name)
         if frame.is_init and name not in frame.params:
             value = initializer(fold_in_str(frame.rng, name), shape)
@@ -467,13 +467,17 @@ class module_method:  # noqa: N801 - lower case, as in the pre-release API
 
     Looked up on a Module class ``C``, it gives a subclass of ``C`` whose ``apply`` is the
     decorated function, so it runs on the same params (and inherits C's partial kwargs).
+    Looked up on ``self`` inside ``apply``, it is a plain bound method: it runs in the
+    same scope, so ``self.decode(z)`` reads and creates this module's own params.
     """
 
     def __init__(self, fn: Callable[..., Any]):
         self.fn = fn
         self._cache: dict[type, type[Module]] = {}
 
-    def __get__(self, instance: Any, owner: type[Module]) -> type[Module]:
+    def __get__(self, instance: Any, owner: type[Module]) -> Any:
+        if instance is not None:
+            return self.fn.__get__(instance, owner)
         if owner not in self._cache:
             self._cache[owner] = type(self.fn.__name__, (owner,), {
                 "apply": self.fn, "__module__": owner.__module__,
