@@ -1,0 +1,330 @@
+"""The optimizer core: ``OptimizerDef`` (algorithm + default hyper-parameters), ``Optimizer``.
+
+An ``OptimizerDef`` such as ``optim.Momentum(learning_rate=0.1, beta=0.9)`` is a thin,
+documented mapping of its hyper-parameters onto an optax ``GradientTransformation``; the
+update rules themselves are optax's. ``opt_def.create(target)`` returns an ``Optimizer``:
+a pytree with the ``target`` (usually an ``nn.Model``) and its ``state`` (the step count
+and the optax state) as children and the definition as static metadata, so it passes
+through ``jax.jit`` at the cost of its arrays.
+
+Hyper-parameters given per step (``optimizer.apply_gradient(grads, learning_rate=lr)``)
+enter the optax transformation as values (traced under ``jit``), so a schedule does not
+recompile. Those that switch a part of the update on or off (``nesterov``, a weight decay
+created as 0) are fixed at construction.
+
+Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from flaxen import optim
+    >>> opt = optim.Momentum(learning_rate=0.1, beta=0.9).create({"w": jnp.ones(3)})
+    >>> opt, loss, _ = opt.optimize(lambda p: (jnp.sum(p["w"] ** 2), None))
+    >>> int(opt.state.step)
+    1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from flaxen import errors, struct
+
+
+@struct.dataclass
+class OptimizerState:
+    """The step count (an int32 scalar, 0 before the first update) and the optax state.
+
+    ``param_states`` keeps the pre-release name; it holds whatever the optax transformation's
+    ``init`` returned (for ``MultiOptimizer``, a tuple of sub-``OptimizerState``s).
+    """
+
+    step: jax.Array
+    param_states: Any
+
+
+def _is_concrete(value: Any) -> bool:
+    return not isinstance(value, jax.core.Tracer)
+
+
+def _same_static(value: Any, default: Any) -> bool:
+    if not isinstance(value, bool | int | float | str | type(None)):
+        return False
+    return value == default and type(value) is type(default)
+
+
+def _as_static(opt_name: str, name: str, value: Any) -> Any:
+    """Constructor hyper-parameters must be hashable Python values (jit's cache key)."""
+    if isinstance(value, bool | int | float | str | type(None)):
+        return value
+    if isinstance(value, np.ndarray | np.generic | jax.Array):
+        if not _is_concrete(value):
+            raise errors.HyperParamError(
+                opt_name, name, "was given a traced value to the constructor",
+                f"Create the optimizer outside jit and pass per-step values to "
+                f"`apply_gradient(grads, {name}=value)` instead.")
+        if np.size(value) != 1:
+            raise errors.HyperParamError(opt_name, name, f"must be a scalar, got shape "
+                                         f"{np.shape(value)}")
+        return np.asarray(value).item()
+    return value
+
+
+class OptimizerDef:
+    """An optimization algorithm with its default hyper-parameters.
+
+    Subclasses store a frozen ``struct.dataclass`` of hyper-parameters and implement
+    ``transform(hyper_params)``, which builds the optax transformation. Hyper-parameter
+    values may be traced; structure (which optax pieces are chained) must depend only on
+    ``self.hyper_params`` so that the state layout never changes between steps.
+
+    Attributes:
+        hyper_params: the defaults, a frozen dataclass (``.learning_rate`` etc.).
+    """
+
+    #: Hyper-parameters that may not be given per step (they change the update's structure).
+    _static_names: tuple[str, ...] = ()
+    #: Hyper-parameters whose constructor value 0 or None switches a part of the update off
+    #: (e.g. weight decay); they may vary per step only when switched on at construction.
+    _switch_names: tuple[str, ...] = ()
+    #: Hyper-parameters that must be >= 0 when given as concrete numbers.
+    _nonnegative_names: tuple[str, ...] = ("learning_rate",)
+    #: Whether a learning rate must be set (at construction or per step).
+    _needs_learning_rate: bool = True
+
+    def __init__(self, hyper_params: Any):
+        name = type(self).__name__
+        if dataclasses.is_dataclass(hyper_params):
+            fixed = {f.name: _as_static(name, f.name, getattr(hyper_params, f.name))
+                     for f in dataclasses.fields(hyper_params)}
+            hyper_params = dataclasses.replace(hyper_params, **fixed)
+            self._check(hyper_params, fixed.keys())
+        self.hyper_params = hyper_params
+        self._hash = hash((type(self), hyper_params))
+
+    # jit hashes and compares the static definition on every call: keep both cheap.
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        return (type(self) is type(other) and self._hash == other._hash  # type: ignore[attr-defined]
+                and self.hyper_params == other.hyper_params)  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.hyper_params})"
+
+    # -- to implement ---------------------------------------------------------------------
+
+    def transform(self, hyper_params: Any) -> optax.GradientTransformation:
+        """The optax transformation for these (possibly traced) hyper-parameter values."""
+        raise NotImplementedError
+
+    # -- hyper-parameters -----------------------------------------------------------------
+
+    def _check(self, hp: Any, names: Any) -> None:
+        opt = type(self).__name__
+        for name in names:
+            value = getattr(hp, name)
+            if name in self._nonnegative_names and value is not None and _is_concrete(value):
+                arr = np.asarray(value)
+                if arr.dtype.kind in "biuf" and np.any(arr < 0):
+                    raise errors.HyperParamError(
+                        opt, name, f"must be >= 0, got {value}",
+                        "Optimizers minimise the loss; to maximise, negate the loss.")
+
+    def update_hyper_params(self, **overrides: Any) -> Any:
+        """The default hyper-parameters with ``overrides`` applied (for one step).
+
+        ``hyper_params=`` replaces all of them; other keyword arguments replace fields.
+
+        Raises:
+            HyperParamError: an unknown name, a negative learning rate, an override of a
+                hyper-parameter fixed at construction, or no learning rate at all.
+        """
+        opt = type(self).__name__
+        hp = overrides.pop("hyper_params", self.hyper_params)
+        if overrides:
+            names = [f.name for f in dataclasses.fields(hp)]
+            for name, value in overrides.items():
+                if name not in names:
+                    raise errors.HyperParamError(
+                        opt, name, "does not exist", f"Valid names: {', '.join(names)}.")
+                default = getattr(self.hyper_params, name)
+                if name in self._static_names and not _same_static(value, default):
+                    raise errors.HyperParamError(
+                        opt, name, "changes the structure of the update and is fixed at "
+                        "construction", f"Create a new `{opt}({name}=...)` instead.")
+                if name in self._switch_names and default in (0, None):
+                    raise errors.HyperParamError(
+                        opt, name, f"was created as {default!r}, which leaves that part out "
+                        "of the update, so it cannot be set per step",
+                        f"Create the optimizer with a nonzero `{name}` to vary it per step.")
+            hp = dataclasses.replace(hp, **overrides)
+            self._check(hp, overrides.keys())
+        if self._needs_learning_rate and getattr(hp, "learning_rate", 0.0) is None:
+            raise errors.HyperParamError(
+                opt, "learning_rate", "was not provided",
+                f"Pass it to the constructor, `{opt}(learning_rate=0.1)`, or per step, "
+                "`optimizer.apply_gradient(grads, learning_rate=lr)`.")
+        return hp
+
+    def _init_hyper_params(self) -> Any:
+        hp = self.hyper_params
+        if getattr(hp, "learning_rate", 0.0) is None:  # the state never depends on it
+            hp = dataclasses.replace(hp, learning_rate=1.0)
+        return hp
+
+    # -- state and updates ----------------------------------------------------------------
+
+    def init_state(self, params: Any) -> OptimizerState:
+        """``OptimizerState(step=0, param_states=optax_init(params))``."""
+        tx = self.transform(self._init_hyper_params())
+        return OptimizerState(step=jnp.zeros((), jnp.int32), param_states=tx.init(params))
+
+    def apply_gradient(self, hyper_params: Any, params: Any, state: OptimizerState,
+                       grads: Any) -> tuple[Any, OptimizerState]:
+        """One update: ``(new_params, new_state)``; ``grads`` mirrors ``params``."""
+        tx = self.transform(hyper_params)
+        updates, new_inner = tx.update(grads, state.param_states, params)
+        new_params = optax.apply_updates(params, updates)
+        return new_params, OptimizerState(step=state.step + 1, param_states=new_inner)
+
+    def create(self, target: Any, focus: Any = None) -> Optimizer:
+        """An ``Optimizer`` for ``target`` (an ``nn.Model``, a dict of arrays, any pytree).
+
+        Args:
+            target: the parameters to optimize.
+            focus: optional traversal (e.g. ``ModelParamTraversal``); only the parameters it
+                selects are updated, the others stay bit-for-bit unchanged.
+        """
+        opt_def: OptimizerDef = self
+        if focus is not None:
+            from flaxen.optim.multi import MultiOptimizer
+
+            opt_def = MultiOptimizer((focus, self))
+        return Optimizer(optimizer_def=opt_def, state=opt_def.init_state(target), target=target)
+
+
+def _keystr(path: tuple) -> str:
+    return jax.tree_util.keystr(path) or "<root>"
+
+
+def check_gradient_structure(target: Any, grads: Any) -> None:
+    """Raises ``GradientStructureError`` naming the first path where grads differ."""
+    if jax.tree.structure(target) == jax.tree.structure(grads):
+        t_leaves = jax.tree.leaves(target)
+        g_leaves = jax.tree.leaves(grads)
+        if all(np.shape(t) == np.shape(g) for t, g in zip(t_leaves, g_leaves)):
+            return
+    t_flat, _ = jax.tree_util.tree_flatten_with_path(target)
+    g_flat, _ = jax.tree_util.tree_flatten_with_path(grads)
+    t_paths = {_keystr(p): np.shape(v) for p, v in t_flat}
+    g_paths = {_keystr(p): np.shape(v) for p, v in g_flat}
+    for path, shape in t_paths.items():
+        if path not in g_paths:
+            raise errors.GradientStructureError(path, "a gradient leaf", "none")
+        if g_paths[path] != shape:
+            raise errors.GradientStructureError(path, f"shape {shape}", f"shape {g_paths[path]}")
+    for path in g_paths:
+        if path not in t_paths:
+            raise errors.GradientStructureError(path, "no leaf (not in the target)", "a leaf")
+    raise errors.GradientStructureError(
+        "<root>", f"tree structure {jax.tree.structure(target)}",
+        f"{jax.tree.structure(grads)}")
+
+
+def _wrap_like_target(target: Any, grads: Any) -> Any:
+    """Gradients of ``model.params`` (a dict) are accepted for a Model target."""
+    params = getattr(target, "params", None)
+    if params is not None and not hasattr(grads, "params") and hasattr(target, "replace"):
+        if jax.tree.structure(params) == jax.tree.structure(grads):
+            return target.replace(params=grads)
+    return grads
+
+
+@struct.dataclass
+class Optimizer:
+    """A target (params) with its optimizer state; a pytree, so it passes through ``jit``.
+
+    Attributes:
+        optimizer_def: the algorithm and default hyper-parameters (static).
+        state: ``OptimizerState`` (``step``: int32 scalar, ``param_states``: optax state).
+        target: the parameters, usually an ``nn.Model``.
+    """
+
+    optimizer_def: OptimizerDef = struct.field(pytree_node=False)
+    state: OptimizerState
+    target: Any
+
+    def apply_gradient(self, grads: Any, **hyper_param_overrides: Any) -> Optimizer:
+        """A new optimizer after one update with ``grads`` (same structure as ``target``).
+
+        Args:
+            grads: gradients mirroring ``target`` (``jax.grad(loss)(optimizer.target)``).
+            **hyper_param_overrides: values for this step only, e.g. ``learning_rate=lr``
+                (a Python number or a traced array: no recompilation per value).
+
+        Raises:
+            GradientStructureError: ``grads`` differs from ``target`` (names the path).
+            HyperParamError: bad hyper-parameter name or value.
+        """
+        grads = _wrap_like_target(self.target, grads)
+        check_gradient_structure(self.target, grads)
+        opt_def = self.optimizer_def
+        hp = opt_def.update_hyper_params(**hyper_param_overrides)
+        new_target, new_state = opt_def.apply_gradient(hp, self.target, self.state, grads)
+        return self.replace(state=new_state, target=new_target)
+
+    def compute_gradient(self, loss_fn: Any) -> tuple[jax.Array, Any, Any]:
+        """``(loss, aux, grad)`` of ``loss_fn(target) -> (loss, aux)`` (or a bare loss).
+
+        ``aux`` is ``None`` when ``loss_fn`` returns only the loss. ``grad`` mirrors
+        ``target`` (a Model for a Model target).
+        """
+
+        def wrapped(target: Any) -> tuple[jax.Array, Any]:
+            out = loss_fn(target)
+            loss, aux = out if isinstance(out, tuple) and len(out) == 2 else (out, None)
+            if np.shape(loss) != ():
+                raise errors.FlaxenError(
+                    f"loss_fn must return a scalar loss (or `(loss, aux)`), got a loss of "
+                    f"shape {np.shape(loss)}. Reduce it, e.g. with `jnp.mean(...)`.")
+            return loss, aux
+
+        (loss, aux), grad = jax.value_and_grad(wrapped, has_aux=True)(self.target)
+        return loss, aux, grad
+
+    compute_gradients = compute_gradient
+
+    def optimize(self, loss_fn: Any, **hyper_param_overrides: Any) -> tuple[Optimizer, Any, Any]:
+        """One training step: ``(new_optimizer, loss, aux)``.
+
+        Args:
+            loss_fn: ``loss_fn(target) -> (loss, aux)``; loss a float scalar (a bare loss
+                is accepted, then ``aux`` is ``None``).
+            **hyper_param_overrides: per-step values, as in ``apply_gradient``.
+        """
+        loss, aux, grad = self.compute_gradient(loss_fn)
+        return self.apply_gradient(grad, **hyper_param_overrides), loss, aux
+
+    def replicate(self, mesh: Any = None) -> Optimizer:
+        """This optimizer with every array replicated on all devices of ``mesh``.
+
+        ``mesh`` defaults to ``flaxen.parallel.default_mesh()`` (all devices, axis
+        ``'batch'``). A jitted step on a batch from ``parallel.shard_batch`` then trains
+        data-parallel; see ``docs/optim.md``.
+        """
+        from flaxen import parallel
+
+        return parallel.replicate(self, mesh)
+
+    def unreplicate(self) -> Optimizer:
+        """One copy of a replicated optimizer, on a single device."""
+        from flaxen import parallel
+
+        return parallel.unreplicate(self)
