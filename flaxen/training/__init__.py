@@ -1,0 +1,4 @@
+"""Training utilities: checkpoints and helpers for training loops."""
+
+from flaxen.training import checkpoints as checkpoints
+from flaxen.training import common_utils as common_utils
