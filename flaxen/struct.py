@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, TypeVar
+from typing import Any, TypeVar, dataclass_transform
 
 import jax
 
@@ -33,6 +33,7 @@ def field(pytree_node: bool = True, **kwargs: Any) -> Any:
     return dataclasses.field(metadata=metadata, **kwargs)
 
 
+@dataclass_transform(frozen_default=True, field_specifiers=(field,))
 def dataclass(cls: type[T]) -> type[T]:
     """Turns ``cls`` into a frozen dataclass registered as a pytree, with ``.replace``."""
     if "__dataclass_fields__" not in cls.__dict__:

@@ -38,7 +38,7 @@ from flaxen.nn import stochastic as _stoch
 from flaxen.nn._context import current_frame, pushed, stacks
 
 Params = dict[str, Any]
-InitFn = Callable[[jax.Array, Sequence[int]], Any]
+InitFn = Callable[[jax.Array, Any], Any]  # (key, shape) -> value
 
 
 def fold_in_str(rng: jax.Array, name: str) -> jax.Array:

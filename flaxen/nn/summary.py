@@ -68,8 +68,9 @@ def summary(target: Any, input_specs: Iterable[Any] | None = None, *args: Any,
     for row in rows:  # group rows by module, in order of first appearance
         by_module.setdefault(_module_of(row[0]), []).append(row)
     for module, module_rows in by_module.items():
-        for path, shape, dtype, count, nbytes in module_rows:
-            lines.append(f"{path:<{width}}{shape:<20}{dtype:<10}{count:>12,}{nbytes:>14,}")
+        for path, shape_str, dtype_name, count, nbytes in module_rows:
+            lines.append(
+                f"{path:<{width}}{shape_str:<20}{dtype_name:<10}{count:>12,}{nbytes:>14,}")
         lines.append(_subtotal(module, per_module, width))
     lines.append("-" * len(header))
     lines.append(f"{'total':<{width}}{'':<20}{'':<10}{total_count:>12,}{total_bytes:>14,}")
