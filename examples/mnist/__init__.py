@@ -1,0 +1,1 @@
+"""The MNIST example (see README.md)."""
