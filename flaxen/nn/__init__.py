@@ -35,3 +35,16 @@ from flaxen.nn.stochastic import stochastic as stochastic
 from flaxen.nn.summary import summary as summary
 
 # Layers (one file per family) are re-exported below as they land.
+from flaxen.nn.conv import Conv as Conv
+from flaxen.nn.conv import ConvTranspose as ConvTranspose
+from flaxen.nn.dropout import dropout as dropout
+from flaxen.nn.linear import Dense as Dense
+from flaxen.nn.linear import DenseGeneral as DenseGeneral
+from flaxen.nn.linear import Embed as Embed
+from flaxen.nn.normalization import BatchNorm as BatchNorm
+from flaxen.nn.normalization import GroupNorm as GroupNorm
+from flaxen.nn.normalization import LayerNorm as LayerNorm
+from flaxen.nn.normalization import RMSNorm as RMSNorm
+from flaxen.nn.pooling import avg_pool as avg_pool
+from flaxen.nn.pooling import max_pool as max_pool
+from flaxen.nn.pooling import pool as pool

@@ -1,0 +1,171 @@
+"""Convolutions: ``Conv`` (1-D/2-D/3-D, dilated, grouped, depthwise) and ``ConvTranspose``.
+
+Layout is channels-last: inputs ``(batch, spatial..., in_features)``, kernels
+``spatial... + (in_features // groups, features)`` (HWIO). A single unbatched input
+``(spatial..., in_features)`` is accepted and gives an unbatched output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from flaxen.errors import LayerArgumentError, ShapeError
+from flaxen.nn import initializers
+from flaxen.nn._layer_util import InitFn, as_tuple, param_for_input, where, with_dtype
+from flaxen.nn.base import Module
+from flaxen.nn.linear import default_kernel_init
+
+Padding = str | Sequence[tuple[int, int]]
+
+
+def _dimension_numbers(n: int) -> lax.ConvDimensionNumbers:
+    lhs = (0, n + 1) + tuple(range(1, n + 1))  # N, C, spatial...
+    rhs = (n + 1, n) + tuple(range(n))  # O, I, spatial...
+    return lax.ConvDimensionNumbers(lhs, rhs, lhs)
+
+
+def _prepare(module: Module, inputs: Any, kernel_size: Sequence[int], strides: Any,
+             padding: Padding, name: str = "kernel_size") -> tuple[jax.Array, bool, tuple,
+                                                                   tuple, Padding]:
+    """Checks the input rank and the arguments; adds a batch axis to an unbatched input."""
+    path = where(module)
+    inputs = jnp.asarray(inputs)
+    kernel_size = as_tuple(kernel_size)
+    n = len(kernel_size)
+    if n < 1 or any(not isinstance(k, int) or k < 1 for k in kernel_size):
+        raise LayerArgumentError(path, name, "a tuple of positive ints", kernel_size)
+    if inputs.ndim == n + 1:
+        inputs, unbatched = inputs[None], True
+    elif inputs.ndim == n + 2:
+        unbatched = False
+    else:
+        raise ShapeError(path, f"input rank for a {n}-D kernel {kernel_size}",
+                         f"rank {n + 2} (batch, {n} spatial, features) or {n + 1} (unbatched)",
+                         f"rank {inputs.ndim} (shape {inputs.shape})")
+    strides = (1,) * n if strides is None else as_tuple(strides, n)
+    if len(strides) != n:
+        raise LayerArgumentError(path, "strides", f"{n} values (one per spatial axis)", strides)
+    if not isinstance(padding, str):
+        padding = tuple(tuple(p) for p in padding)
+        if len(padding) != n or any(len(p) != 2 for p in padding):
+            raise LayerArgumentError(path, "padding", f"'SAME', 'VALID' or {n} (low, high) "
+                                     "pairs", padding)
+    elif padding not in ("SAME", "VALID", "SAME_LOWER"):
+        raise LayerArgumentError(path, "padding", "'SAME', 'VALID' or (low, high) pairs",
+                                 repr(padding))
+    return inputs, unbatched, kernel_size, strides, padding
+
+
+class Conv(Module):
+    """An N-D convolution (N = ``len(kernel_size)``), channels-last."""
+
+    def apply(self, inputs: jax.Array, features: int, kernel_size: Sequence[int],
+              strides: Sequence[int] | None = None, padding: Padding = "SAME",
+              input_dilation: Sequence[int] | None = None,
+              kernel_dilation: Sequence[int] | None = None, feature_group_count: int = 1,
+              bias: bool = True, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
+              precision: Any = None, kernel_init: InitFn = default_kernel_init,
+              bias_init: InitFn = initializers.zeros) -> jax.Array:
+        """Convolves ``inputs`` with a learned kernel.
+
+        Args:
+          inputs: ``(batch, spatial..., in_features)`` or unbatched
+            ``(spatial..., in_features)``.
+          features: number of output features.
+          kernel_size: tuple of N ints.
+          strides: N ints (default ones).
+          padding: ``'SAME'``, ``'VALID'`` or N ``(low, high)`` pairs.
+          input_dilation: N ints (``lhs_dilation``; a fractionally strided conv).
+          kernel_dilation: N ints (``rhs_dilation``; an atrous conv).
+          feature_group_count: groups; ``in_features`` and ``features`` must be divisible
+            by it. ``feature_group_count == in_features`` is a depthwise convolution.
+          bias, dtype, param_dtype, precision, kernel_init, bias_init: as in ``Dense``.
+
+        Returns:
+          ``(batch, out spatial..., features)`` (unbatched if the input was), ``dtype``.
+          Params: ``kernel`` ``kernel_size + (in_features // groups, features)``,
+          ``bias`` ``(features,)``.
+        """
+        inputs, unbatched, kernel_size, strides, padding = _prepare(
+            self, inputs, kernel_size, strides, padding)
+        n = len(kernel_size)
+        in_features = inputs.shape[-1]
+        g = feature_group_count
+        if g < 1 or in_features % g or features % g:
+            raise LayerArgumentError(
+                where(self), "feature_group_count", "a positive divisor of both in_features "
+                f"({in_features}) and features ({features})", g)
+        kernel_shape = kernel_size + (in_features // g, features)
+        kernel = param_for_input(self, "kernel", kernel_shape,
+                                 with_dtype(kernel_init, param_dtype), inputs.shape)
+        lhs_dil = None if input_dilation is None else as_tuple(input_dilation, n)
+        rhs_dil = None if kernel_dilation is None else as_tuple(kernel_dilation, n)
+        if lhs_dil is not None and isinstance(padding, str):
+            # lax wants explicit pads with input dilation: those of the dilated shapes.
+            sp = tuple((s - 1) * d + 1 for s, d in zip(inputs.shape[1:-1], lhs_dil))
+            kd = rhs_dil or (1,) * n
+            ke = tuple((k - 1) * d + 1 for k, d in zip(kernel_size, kd))
+            padding = lax.padtype_to_pads(sp, ke, strides, padding)
+        y = lax.conv_general_dilated(
+            inputs.astype(dtype), jnp.asarray(kernel).astype(dtype), strides, padding,
+            lhs_dilation=lhs_dil, rhs_dilation=rhs_dil,
+            dimension_numbers=_dimension_numbers(n), feature_group_count=g,
+            precision=precision)
+        if bias:
+            b = self.param("bias", (features,), with_dtype(bias_init, param_dtype))
+            b = jnp.asarray(b).astype(dtype)
+            y = y + b.reshape((1,) * (y.ndim - 1) + (features,))
+        y = y.astype(dtype)
+        return y[0] if unbatched else y
+
+
+class ConvTranspose(Module):
+    """An N-D transposed convolution (the gradient of ``Conv`` w.r.t. its input, shape-wise)."""
+
+    def apply(self, inputs: jax.Array, features: int, kernel_size: Sequence[int],
+              strides: Sequence[int] | None = None, padding: Padding = "SAME",
+              kernel_dilation: Sequence[int] | None = None, bias: bool = True,
+              dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
+              precision: Any = None, kernel_init: InitFn = default_kernel_init,
+              bias_init: InitFn = initializers.zeros) -> jax.Array:
+        """Applies ``lax.conv_transpose`` (no kernel flip, as the pre-release Flax did).
+
+        Args:
+          inputs: ``(batch, spatial..., in_features)`` or unbatched.
+          features: number of output features.
+          kernel_size: tuple of N ints.
+          strides: N ints (default ones); the output is ``strides`` times larger
+            (with ``'SAME'`` padding).
+          padding: ``'SAME'``, ``'VALID'`` or N ``(low, high)`` pairs.
+          kernel_dilation: N ints.
+          bias, dtype, param_dtype, precision, kernel_init, bias_init: as in ``Dense``.
+
+        Returns:
+          ``(batch, out spatial..., features)``, ``dtype``. With ``'SAME'`` each out
+          spatial size is ``in * stride``; with ``'VALID'`` it is
+          ``in * stride + max(k - stride, 0)`` (``k`` the dilated kernel size).
+          Params: ``kernel`` ``kernel_size + (in_features, features)``, ``bias``
+          ``(features,)``.
+        """
+        inputs, unbatched, kernel_size, strides, padding = _prepare(
+            self, inputs, kernel_size, strides, padding)
+        n = len(kernel_size)
+        kernel_shape = kernel_size + (inputs.shape[-1], features)
+        kernel = param_for_input(self, "kernel", kernel_shape,
+                                 with_dtype(kernel_init, param_dtype), inputs.shape)
+        dn = _dimension_numbers(n)
+        y = lax.conv_transpose(
+            inputs.astype(dtype), jnp.asarray(kernel).astype(dtype), strides, padding,
+            rhs_dilation=None if kernel_dilation is None else as_tuple(kernel_dilation, n),
+            dimension_numbers=dn, precision=precision)
+        if bias:
+            b = self.param("bias", (features,), with_dtype(bias_init, param_dtype))
+            b = jnp.asarray(b).astype(dtype)
+            y = y + b.reshape((1,) * (y.ndim - 1) + (features,))
+        y = y.astype(dtype)
+        return y[0] if unbatched else y

@@ -1,0 +1,240 @@
+"""Normalisation layers: ``BatchNorm``, ``LayerNorm``, ``GroupNorm``, ``RMSNorm``.
+
+Statistics are computed in float32 (or wider, if the input is wider) whatever ``dtype``
+is; the output is cast to ``dtype``. Params ``scale`` and ``bias`` are stored as
+``param_dtype``.
+
+BatchNorm keeps its running statistics as module state (``self.state``): ``mean`` and
+``var`` in the active state collection. The rule is simple: BatchNorm always needs a
+state collection (or an explicit ``batch_stats`` Collection). Create it with
+``out, params, state = Model.init_with_state(rng, x)`` and train with
+``out, state = model.call_with_state(state, x)``; evaluate with
+``model.call_with_state(state, x, use_running_average=True, _mutable=False)`` (or any
+flag of your model that sets ``use_running_average=True``). Without a collection the
+layer raises ``MissingStateError`` naming its path and this fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from flaxen.errors import LayerArgumentError, ShapeError
+from flaxen.nn import initializers
+from flaxen.nn._layer_util import InitFn, as_tuple, param_for_input, where, with_dtype
+from flaxen.nn.base import Module
+
+
+def _stats_dtype(x: jax.Array) -> Any:
+    return jnp.float64 if x.dtype == jnp.float64 else jnp.float32
+
+
+def _scale_and_shift(module: Module, y: jax.Array, shape: tuple[int, ...],
+                     bcast: tuple[int, ...], input_shape: tuple[int, ...], scale: bool,
+                     bias: bool, scale_init: InitFn, bias_init: InitFn,
+                     param_dtype: Any) -> jax.Array:
+    """Multiplies by the ``scale`` param and adds ``bias`` (both of ``shape``)."""
+    if scale:
+        s = param_for_input(module, "scale", shape, with_dtype(scale_init, param_dtype),
+                            input_shape)
+        y = y * jnp.asarray(s).astype(y.dtype).reshape(bcast)
+    if bias:
+        b = param_for_input(module, "bias", shape, with_dtype(bias_init, param_dtype),
+                            input_shape)
+        y = y + jnp.asarray(b).astype(y.dtype).reshape(bcast)
+    return y
+
+
+class BatchNorm(Module):
+    """Normalises over all axes but the feature ``axis``, with running statistics."""
+
+    def apply(self, x: jax.Array, batch_stats: Any = None, use_running_average: bool = False,
+              axis: int | Sequence[int] = -1, momentum: float = 0.99, epsilon: float = 1e-5,
+              dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, bias: bool = True,
+              scale: bool = True, bias_init: InitFn = initializers.zeros,
+              scale_init: InitFn = initializers.ones, axis_name: Any = None,
+              axis_index_groups: Any = None) -> jax.Array:
+        """Batch normalisation.
+
+        Training (``use_running_average=False``): normalise with the batch mean and
+        variance (``E[x^2] - E[x]^2``), and update the state
+        ``ra = momentum * ra + (1 - momentum) * batch_value`` for ``mean`` and ``var``
+        (not at init, where they stay zeros and ones). Evaluation: normalise with the
+        stored ``mean``/``var`` and write nothing.
+
+        Args:
+          x: array of any rank >= 1.
+          batch_stats: an explicit state Collection; default: the active ``nn.stateful``
+            one (``init_with_state``/``call_with_state`` open it).
+          use_running_average: evaluation mode.
+          axis: feature axis or axes (int or tuple); statistics reduce over the others.
+          momentum: decay of the running averages.
+          epsilon: added to the variance.
+          dtype: output dtype. param_dtype: storage dtype of ``scale``/``bias``.
+          bias, scale: whether to learn ``bias`` / ``scale`` (shape: the feature dims).
+          axis_name: a mapped axis name (``vmap``/``shard_map``/``pmap``); the batch
+            mean and mean of squares are ``lax.pmean``-ed over it, so every device uses
+            the statistics of the whole global batch.
+          axis_index_groups: passed to ``lax.pmean``.
+
+        Returns:
+          Array of the shape of ``x`` and dtype ``dtype``.
+          State (at this module's path): ``mean`` and ``var`` of the feature shape, f32.
+
+        Raises:
+          MissingStateError: no state collection is active (see the module docstring).
+        """
+        x = jnp.asarray(x)
+        path = where(self)
+        if x.ndim < 1:
+            raise ShapeError(path, "input rank", "rank >= 1", f"shape {x.shape}")
+        feat_axes = tuple(sorted(a % x.ndim for a in as_tuple(axis)))
+        red_axes = tuple(i for i in range(x.ndim) if i not in feat_axes)
+        feat_shape = tuple(x.shape[a] for a in feat_axes)
+        bcast = tuple(x.shape[i] if i in feat_axes else 1 for i in range(x.ndim))
+        xs = x.astype(_stats_dtype(x))
+        ra_mean = self.state("mean", feat_shape, initializers.zeros, collection=batch_stats)
+        ra_var = self.state("var", feat_shape, initializers.ones, collection=batch_stats)
+        if use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+            if tuple(jnp.shape(mean)) != feat_shape:
+                raise ShapeError(path, "stored BatchNorm statistics", f"shape {feat_shape} "
+                                 f"for input shape {x.shape}", f"shape {jnp.shape(mean)}")
+            mean, var = jnp.asarray(mean).astype(xs.dtype), jnp.asarray(var).astype(xs.dtype)
+        else:
+            mean = jnp.mean(xs, axis=red_axes)
+            mean2 = jnp.mean(lax.square(xs), axis=red_axes)
+            if axis_name is not None and not self.is_initializing():
+                both = lax.pmean(jnp.stack([mean, mean2]), axis_name,
+                                 axis_index_groups=axis_index_groups)
+                mean, mean2 = both[0], both[1]
+            var = jnp.maximum(mean2 - lax.square(mean), jnp.zeros((), mean.dtype))
+            if not self.is_initializing():
+                m = jnp.asarray(momentum, jnp.float32)
+                one = jnp.asarray(1.0, jnp.float32)
+                old_mean = jnp.asarray(ra_mean.value).astype(jnp.float32)
+                old_var = jnp.asarray(ra_var.value).astype(jnp.float32)
+                ra_mean.value = m * old_mean + (one - m) * mean.astype(jnp.float32)
+                ra_var.value = m * old_var + (one - m) * var.astype(jnp.float32)
+        eps = jnp.asarray(epsilon, xs.dtype)
+        y = (xs - mean.reshape(bcast)) * lax.rsqrt(var.reshape(bcast) + eps)
+        y = _scale_and_shift(self, y, feat_shape, bcast, x.shape, scale, bias, scale_init,
+                             bias_init, param_dtype)
+        return y.astype(dtype)
+
+
+class LayerNorm(Module):
+    """Normalises each example over its last axis."""
+
+    def apply(self, x: jax.Array, epsilon: float = 1e-6, dtype: Any = jnp.float32,
+              param_dtype: Any = jnp.float32, bias: bool = True, scale: bool = True,
+              bias_init: InitFn = initializers.zeros,
+              scale_init: InitFn = initializers.ones) -> jax.Array:
+        """``(x - mean) / sqrt(var + epsilon) * scale + bias`` over the last axis.
+
+        Args:
+          x: array of shape ``(..., features)``.
+          epsilon, dtype, param_dtype, bias, scale, bias_init, scale_init: as in
+            ``BatchNorm``.
+
+        Returns:
+          Array of the shape of ``x``, dtype ``dtype``. Params ``scale``, ``bias``:
+          ``(features,)``.
+        """
+        x = jnp.asarray(x)
+        if x.ndim < 1:
+            raise ShapeError(where(self), "input rank", "rank >= 1", f"shape {x.shape}")
+        xs = x.astype(_stats_dtype(x))
+        mean = jnp.mean(xs, axis=-1, keepdims=True)
+        mean2 = jnp.mean(lax.square(xs), axis=-1, keepdims=True)
+        var = jnp.maximum(mean2 - lax.square(mean), jnp.zeros((), mean.dtype))
+        y = (xs - mean) * lax.rsqrt(var + jnp.asarray(epsilon, xs.dtype))
+        feat = (x.shape[-1],)
+        bcast = (1,) * (x.ndim - 1) + feat
+        y = _scale_and_shift(self, y, feat, bcast, x.shape, scale, bias, scale_init,
+                             bias_init, param_dtype)
+        return y.astype(dtype)
+
+
+class RMSNorm(Module):
+    """Scales each example by the reciprocal root mean square of its last axis."""
+
+    def apply(self, x: jax.Array, epsilon: float = 1e-6, dtype: Any = jnp.float32,
+              param_dtype: Any = jnp.float32, scale: bool = True,
+              scale_init: InitFn = initializers.ones) -> jax.Array:
+        """``x / sqrt(mean(x^2) + epsilon) * scale`` over the last axis (no centring).
+
+        Args:
+          x: array of shape ``(..., features)``.
+          epsilon, dtype, param_dtype, scale, scale_init: as in ``LayerNorm``.
+
+        Returns:
+          Array of the shape of ``x``, dtype ``dtype``. Param ``scale``: ``(features,)``.
+        """
+        x = jnp.asarray(x)
+        if x.ndim < 1:
+            raise ShapeError(where(self), "input rank", "rank >= 1", f"shape {x.shape}")
+        xs = x.astype(_stats_dtype(x))
+        ms = jnp.mean(lax.square(xs), axis=-1, keepdims=True)
+        y = xs * lax.rsqrt(ms + jnp.asarray(epsilon, xs.dtype))
+        feat = (x.shape[-1],)
+        bcast = (1,) * (x.ndim - 1) + feat
+        y = _scale_and_shift(self, y, feat, bcast, x.shape, scale, False, scale_init,
+                             initializers.zeros, param_dtype)
+        return y.astype(dtype)
+
+
+class GroupNorm(Module):
+    """Normalises each example over its spatial axes and groups of channels."""
+
+    def apply(self, x: jax.Array, num_groups: int | None = 32, group_size: int | None = None,
+              epsilon: float = 1e-6, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
+              bias: bool = True, scale: bool = True, bias_init: InitFn = initializers.zeros,
+              scale_init: InitFn = initializers.ones) -> jax.Array:
+        """Group normalisation (Wu & He, 2018).
+
+        Args:
+          x: ``(batch, spatial..., channels)``, rank >= 2.
+          num_groups: number of channel groups G (channels must be divisible by G).
+          group_size: alternatively, channels per group; exactly one of the two is set.
+          epsilon, dtype, param_dtype, bias, scale, bias_init, scale_init: as in
+            ``LayerNorm``.
+
+        Returns:
+          Array of the shape of ``x``, dtype ``dtype``. Params ``scale``, ``bias``:
+          ``(channels,)`` (the pre-release stored ``(1, ..., 1, channels)``).
+
+        Raises:
+          LayerArgumentError: both or neither of ``num_groups``/``group_size``, or the
+            channels are not divisible.
+        """
+        x = jnp.asarray(x)
+        path = where(self)
+        if x.ndim < 2:
+            raise ShapeError(path, "input rank", "rank >= 2 (batch, ..., channels)",
+                             f"rank {x.ndim} (shape {x.shape})")
+        if (num_groups is None) == (group_size is None):
+            raise LayerArgumentError(path, "num_groups / group_size", "exactly one of them "
+                                     "set", f"num_groups={num_groups}, group_size={group_size}",
+                                     "Pass num_groups=None when giving group_size.")
+        c = x.shape[-1]
+        groups = num_groups if num_groups is not None else c // max(int(group_size or 1), 1)
+        if groups < 1 or c % groups or (group_size is not None and c % group_size):
+            raise LayerArgumentError(path, "channel grouping", f"channels ({c}) divisible "
+                                     "into equal groups", f"num_groups={num_groups}, "
+                                     f"group_size={group_size}")
+        xs = x.astype(_stats_dtype(x))
+        g = xs.reshape(x.shape[:-1] + (groups, c // groups))
+        red = tuple(range(1, g.ndim - 2)) + (g.ndim - 1,)
+        mean = jnp.mean(g, axis=red, keepdims=True)
+        mean2 = jnp.mean(lax.square(g), axis=red, keepdims=True)
+        var = jnp.maximum(mean2 - lax.square(mean), jnp.zeros((), mean.dtype))
+        y = ((g - mean) * lax.rsqrt(var + jnp.asarray(epsilon, xs.dtype))).reshape(x.shape)
+        bcast = (1,) * (x.ndim - 1) + (c,)
+        y = _scale_and_shift(self, y, (c,), bcast, x.shape, scale, bias, scale_init,
+                             bias_init, param_dtype)
+        return y.astype(dtype)
