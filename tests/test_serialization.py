@@ -1,0 +1,303 @@
+"""flaxen.serialization: state dicts of every pytree type and the safe msgpack format."""
+
+import collections
+import struct as pystruct
+
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import msgpack
+import numpy as np
+import pytest
+
+from flaxen import nn, optim, serialization, struct
+from flaxen.errors import SerializationError
+
+Point = collections.namedtuple("Point", ["x", "y"])
+
+
+@struct.dataclass
+class Hyper:
+    w: jax.Array
+    extra: dict
+    name: str = struct.field(pytree_node=False, default="h")
+
+
+class Dense(nn.Module):
+    def apply(self, x, features=3):
+        return nn.Dense(x, features=features)
+
+
+class BN(nn.Module):
+    def apply(self, x):
+        h = self.state("mean", (x.shape[-1],), jax.nn.initializers.zeros)
+        if not self.is_initializing():
+            h.value = h.value + 1.0
+        return x
+
+
+def _assert_tree_equal(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        if hasattr(x, "dtype"):
+            assert np.dtype(x.dtype) == np.dtype(y.dtype)
+            assert np.shape(x) == np.shape(y)
+            # Compare bit patterns: exact, and NaN-safe.
+            np.testing.assert_array_equal(np.asarray(x).reshape(-1).view(np.uint8),
+                                          np.asarray(y).reshape(-1).view(np.uint8))
+        else:
+            assert type(x) is type(y) and x == y
+
+
+def _zeros_like(tree):
+    return jax.tree.map(lambda x: np.zeros_like(x) if hasattr(x, "dtype") else x, tree)
+
+
+def test_state_dict_of_containers():
+    tree = {"a": [1, (2.0, None)], "b": Point(np.ones(2), "s"), 3: {}}
+    state = serialization.to_state_dict(tree)
+    assert state == {"a": {"0": 1, "1": {"0": 2.0, "1": None}},
+                     "b": {"x": state["b"]["x"], "y": "s"}, "3": {}}
+    back = serialization.from_state_dict(tree, state)
+    assert isinstance(back["b"], Point) and isinstance(back["a"][1], tuple)
+    assert 3 in back
+
+
+def test_dataclass_state_dict_skips_static_fields():
+    h = Hyper(w=jnp.ones(2), extra={"k": 1})
+    assert set(serialization.to_state_dict(h)) == {"w", "extra"}
+    back = serialization.from_bytes(h.replace(w=jnp.zeros(2), name="other"),
+                                    serialization.to_bytes(h))
+    np.testing.assert_array_equal(back.w, np.ones(2))
+    assert back.name == "other"  # static fields come from the target
+
+
+@pytest.mark.parametrize("dtype", ["bool", "int8", "uint8", "int32", "int64", "float16",
+                                   "float32", "float64", "complex64", "bfloat16"])
+@pytest.mark.parametrize("shape", [(), (0,), (0, 3), (2, 3)])
+def test_array_round_trip(dtype, shape):
+    dt = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    x = (np.arange(int(np.prod(shape))) % 5).astype(dt).reshape(shape)
+    y = jnp.asarray(x)  # int64/float64/complex128 become 32-bit without jax_enable_x64
+    back = serialization.msgpack_restore(serialization.msgpack_serialize({"np": x, "jax": y}))
+    _assert_tree_equal({"np": x, "jax": np.asarray(y)}, back)
+
+
+def test_scalars_and_special_values_round_trip():
+    tree = {"f": 1.5, "i": -(2**62), "b": True, "n": None, "s": "é", "by": b"\x00\x01",
+            "c": 1 + 2j, "np32": np.float32(3.5), "npi": np.int16(-7),
+            "nan": np.array([np.nan, np.inf, -0.0], np.float32)}
+    back = serialization.msgpack_restore(serialization.msgpack_serialize(tree))
+    _assert_tree_equal(tree, back)
+
+
+def test_bfloat16_bits_exact():
+    bits = np.array([0x3F80, 0x7F80, 0xFF80, 0x7FC1, 0x0001], np.uint16)
+    x = bits.view(ml_dtypes.bfloat16)
+    back = serialization.msgpack_restore(serialization.msgpack_serialize(x))
+    assert back.dtype == np.dtype(ml_dtypes.bfloat16)
+    np.testing.assert_array_equal(back.view(np.uint16), bits)
+
+
+def test_model_and_collection_round_trip(rng):
+    x = jnp.ones((2, 4))
+    _, params = Dense.init(rng, x)
+    model = nn.Model(Dense, params)
+    state = serialization.to_state_dict(model)
+    assert set(state) == {"params"} and set(state["params"]) == {"Dense_0"}
+    back = serialization.from_bytes(_zeros_like(model), serialization.to_bytes(model))
+    assert isinstance(back, nn.Model) and back.module is Dense
+    _assert_tree_equal(model, back)
+    np.testing.assert_array_equal(back(x), model(x))
+
+    _, _, coll = BN.init_with_state(rng, x)
+    _, coll = nn.Model(BN, {}).call_with_state(coll, x, _mutable=True)
+    assert serialization.to_state_dict(coll) == {"/": {"mean": coll["/"]["mean"]}}
+    back = serialization.from_bytes(_zeros_like(coll), serialization.to_bytes(coll))
+    assert isinstance(back, nn.Collection)
+    np.testing.assert_array_equal(back["/"]["mean"], np.ones(4))
+
+
+def test_optimizer_round_trip_with_adam_state(rng):
+    x = jnp.ones((2, 4))
+    _, params = Dense.init(rng, x)
+    opt = optim.Adam(learning_rate=0.1).create(nn.Model(Dense, params))
+    # Distinct values in every leaf of the optax state (mu, nu, count) and the step.
+    opt = jax.tree.map(lambda x: x + jnp.asarray(2, x.dtype), opt)
+    state = serialization.to_state_dict(opt)
+    assert set(state) == {"target", "state"}
+    assert set(state["state"]) == {"step", "param_states"}
+    fresh = optim.Adam(learning_rate=0.1).create(nn.Model(Dense, params))
+    back = serialization.from_bytes(fresh, serialization.to_bytes(opt))
+    _assert_tree_equal(opt, back)
+    assert int(back.state.step) == 2
+    assert type(back.state.param_states) is type(opt.state.param_states)
+
+
+def test_nested_optimizer_in_dataclass(rng):
+    _, params = Dense.init(rng, jnp.ones((1, 2)))
+    inner = optim.Momentum(learning_rate=0.1, beta=0.9).create(params)
+    inner = inner.apply_gradient(jax.tree.map(jnp.ones_like, params))
+    outer = Hyper(w=jnp.arange(3.0), extra={"opts": [inner, inner]})
+    back = serialization.from_bytes(_zeros_like(outer), serialization.to_bytes(outer))
+    _assert_tree_equal(outer, back)
+
+
+def test_register_custom_type():
+    class Box:
+        def __init__(self, v):
+            self.v = v
+
+    serialization.register_serialization_state(
+        Box, lambda b: {"v": serialization.to_state_dict(b.v)},
+        lambda b, s: Box(serialization.from_state_dict(b.v, s["v"], name="v")))
+    back = serialization.from_bytes(Box(np.zeros(2)), serialization.to_bytes(Box(np.ones(2))))
+    np.testing.assert_array_equal(back.v, np.ones(2))
+    with pytest.raises(ValueError, match='"Box" is already registered'):
+        serialization.register_serialization_state(Box, lambda b: {}, lambda b, s: b)
+    serialization.register_serialization_state(Box, lambda b: {}, lambda b, s: b,
+                                               override=True)
+
+
+def test_structure_errors_name_the_path():
+    data = serialization.to_bytes({"a": {"b": [1, 2]}})
+    with pytest.raises(SerializationError, match=r'"/a/b".*3 entries'):
+        serialization.from_bytes({"a": {"b": [1, 2, 3]}}, data)
+    with pytest.raises(SerializationError, match=r"Missing: \['c'\]"):
+        serialization.from_bytes({"a": {"b": [1, 2]}, "c": 1}, data)
+    with pytest.raises(SerializationError, match=r'"/a".*expected a dict'):
+        serialization.from_bytes({"a": Hyper(1, {})}, serialization.to_bytes({"a": 5}))
+
+
+def test_unserializable_values_error():
+    with pytest.raises(SerializationError, match="object"):
+        serialization.msgpack_serialize({"x": np.array([object()])})
+    with pytest.raises(SerializationError, match="str dict keys"):
+        serialization.msgpack_serialize({1: 2})
+    with pytest.raises(SerializationError, match="type set"):
+        serialization.msgpack_serialize({"x": {1, 2}})
+
+
+def test_large_arrays_are_chunked(monkeypatch):
+    monkeypatch.setattr(serialization, "_MAX_CHUNK_BYTES", 64)
+    x = np.arange(1000, dtype=np.float32).reshape(10, 100)
+    data = serialization.msgpack_serialize({"x": x, "small": np.ones(3, np.float32)})
+    raw = msgpack.unpackb(data, raw=False, ext_hook=lambda c, d: None)
+    assert len(raw["tree"]["x"]["chunks"]) == 4000 // 64 + 1
+    back = serialization.msgpack_restore(data)
+    np.testing.assert_array_equal(back["x"], x)
+
+
+@pytest.mark.slow
+def test_few_hundred_mb_array(monkeypatch):
+    monkeypatch.setattr(serialization, "_MAX_CHUNK_BYTES", 2**27)
+    x = np.ones((300 * 2**20 // 4,), np.float32)
+    back = serialization.msgpack_restore(serialization.msgpack_serialize(x))
+    assert back.shape == x.shape and back[-1] == 1.0
+
+
+def test_format_version_is_written_and_checked():
+    data = serialization.msgpack_serialize({"a": 1})
+    assert msgpack.unpackb(data) == {"__flaxen_format__": serialization.FORMAT_VERSION,
+                                     "tree": {"a": 1}}
+    newer = msgpack.packb({"__flaxen_format__": serialization.FORMAT_VERSION + 1, "tree": {}})
+    with pytest.raises(SerializationError, match="Upgrade flaxen"):
+        serialization.msgpack_restore(newer)
+    # Plain msgpack without the envelope (as the pre-release wrote) still reads.
+    assert serialization.msgpack_restore(msgpack.packb({"a": 1})) == {"a": 1}
+
+
+def _ext_array(shape, dtype, data):
+    return msgpack.ExtType(1, msgpack.packb([shape, dtype, data]))
+
+
+@pytest.mark.parametrize("payload,match", [
+    (b"", "incomplete|valid"),
+    (b"\xc1", "valid"),  # a reserved msgpack byte
+    (msgpack.packb({"__flaxen_format__": "1", "tree": 1}), "header"),
+    (msgpack.packb(_ext_array([2**40, 2**40], "float32", b"")), "needs"),
+    (msgpack.packb(_ext_array([3], "float32", b"\x00" * 11)), "needs 12 bytes"),
+    (msgpack.packb(_ext_array([-1], "float32", b"")), "non-negative"),
+    (msgpack.packb(_ext_array([1], "object", b"\x00" * 8)), "dtype 'object'"),
+    (msgpack.packb(_ext_array([1], "O", b"\x00" * 8)), "dtype 'O'"),
+    (msgpack.packb(msgpack.ExtType(1, b"\x93")), "valid"),
+    (msgpack.packb(msgpack.ExtType(9, b"")), "ext type 9"),
+    (msgpack.packb(msgpack.ExtType(2, msgpack.packb(["a", 1]))), "complex"),
+    (b"\x91" * 5000 + b"\x00", "deeper|valid"),
+    (b"\xdd\xff\xff\xff\xff", "valid"),  # declares a 4-billion-entry array
+    (b"\xc6\xff\xff\xff\xff", "valid"),  # declares a 4 GiB bin
+    (msgpack.packb({"__flaxen_chunked_array__": [[4], "float32"], "chunks": [1]}),
+     "chunked"),
+])
+def test_hostile_data_gives_clear_errors(payload, match):
+    with pytest.raises(SerializationError, match=match):
+        serialization.msgpack_restore(payload)
+
+
+def test_pickle_is_never_loaded(tmp_path):
+    import pickle
+
+    marker = tmp_path / "executed"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    with pytest.raises(SerializationError):
+        serialization.msgpack_restore(pickle.dumps(Evil()))
+    with pytest.raises(SerializationError):
+        serialization.msgpack_restore(msgpack.packb(_ext_array([1], "|O", pickle.dumps(1))))
+    assert not marker.exists()
+
+
+def test_truncations_of_a_real_file_all_fail_cleanly():
+    data = serialization.to_bytes({"w": np.arange(6.0).reshape(2, 3), "b": [1, "x"]})
+    for n in range(len(data)):
+        with pytest.raises(SerializationError):
+            serialization.msgpack_restore(data[:n])
+
+
+@hypothesis.settings(max_examples=200, deadline=None, derandomize=True,
+                     suppress_health_check=list(hypothesis.HealthCheck))
+@hypothesis.given(st.binary(max_size=300))
+def test_fuzz_random_bytes(data):
+    try:
+        serialization.msgpack_restore(data)
+    except SerializationError:
+        pass
+
+
+_leaf = st.one_of(st.integers(-(2**63), 2**64 - 1), st.floats(), st.booleans(), st.none(),
+                  st.text(max_size=5), st.binary(max_size=20))
+_trees = st.recursive(_leaf, lambda c: st.one_of(
+    st.lists(c, max_size=4), st.dictionaries(st.text(max_size=4), c, max_size=4)),
+    max_leaves=20)
+
+
+@hypothesis.settings(max_examples=200, deadline=None, derandomize=True,
+                     suppress_health_check=list(hypothesis.HealthCheck))
+@hypothesis.given(_trees, st.data())
+def test_fuzz_mutated_valid_files(tree, data):
+    arr = np.arange(6, dtype=np.float32).reshape(2, 3)
+    blob = bytearray(serialization.msgpack_serialize({"t": tree, "a": arr}))
+    hypothesis.assume(len(blob) > 0)
+    # Round trip of the clean file first.
+    back = serialization.msgpack_restore(bytes(blob))
+    np.testing.assert_array_equal(back["a"], arr)
+    # Then flip a few bytes and truncate: every outcome is a value or a SerializationError.
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(blob) - 1))
+        blob[i] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(blob)))
+    try:
+        serialization.msgpack_restore(bytes(blob[:cut]))
+    except SerializationError:
+        pass
+
+
+def test_numpy_scalar_record_checks_size():
+    bad = msgpack.packb(msgpack.ExtType(3, msgpack.packb(["float64", pystruct.pack("<f", 1)])))
+    with pytest.raises(SerializationError, match="needs 8 bytes"):
+        serialization.msgpack_restore(bad)

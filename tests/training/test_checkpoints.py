@@ -1,0 +1,270 @@
+"""flaxen.training.checkpoints: atomic saves, pruning, checked and partial restores."""
+
+import errno
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from flaxen import nn, optim, serialization
+from flaxen.errors import (
+    CheckpointError,
+    CheckpointExistsError,
+    CheckpointMismatchError,
+    CheckpointNotFoundError,
+    CheckpointWriteError,
+    SerializationError,
+)
+from flaxen.training import checkpoints
+
+
+def _tree(v=1.0):
+    return {"w": np.full((2, 3), v, np.float32), "b": {"x": np.full((3,), v, np.int32)},
+            "count": 7}
+
+
+def _names(d):
+    return sorted(os.listdir(d))
+
+
+def test_save_restore_latest_and_step_zero(tmp_path):
+    for step in [0, 1, 2]:
+        checkpoints.save_checkpoint(tmp_path, _tree(step), step, keep=3)
+    assert _names(tmp_path) == ["checkpoint_0", "checkpoint_1", "checkpoint_2"]
+    assert checkpoints.latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint_2")
+    assert checkpoints.restore_checkpoint(tmp_path, _tree(9))["w"][0, 0] == 2.0
+    restored = checkpoints.restore_checkpoint(tmp_path, _tree(9), step=0)
+    np.testing.assert_array_equal(restored["w"], _tree(0)["w"])  # step=0 is a real step
+
+
+def test_keep_prunes_by_step_number_natural_order(tmp_path):
+    for step in [1, 2, 9, 10, 11]:
+        checkpoints.save_checkpoint(tmp_path, _tree(step), step, keep=2)
+    assert _names(tmp_path) == ["checkpoint_10", "checkpoint_11"]
+    assert checkpoints.checkpoint_steps(tmp_path) == [10, 11]
+
+
+def test_float_steps_and_natural_sort(tmp_path):
+    for step in [-0.2, 0.1, 2.0]:
+        checkpoints.save_checkpoint(tmp_path, _tree(), step, prefix="m_", keep=5)
+    assert checkpoints.checkpoint_steps(tmp_path, prefix="m_") == [-0.2, 0.1, 2.0]
+    assert checkpoints.latest_checkpoint(tmp_path, prefix="m_").endswith("m_2.0")
+    assert checkpoints.natural_sort(["f_10", "f_2", "f_1"]) == ["f_1", "f_2", "f_10"]
+    assert checkpoints.natural_sort(["f_2.0", "f_0.1", "f_-0.2"]) == [
+        "f_-0.2", "f_0.1", "f_2.0"]
+
+
+def test_numpy_and_jax_scalar_steps(tmp_path):
+    checkpoints.save_checkpoint(tmp_path, _tree(), jnp.int32(4))
+    checkpoints.save_checkpoint(tmp_path, _tree(), np.int64(5))
+    assert _names(tmp_path) == ["checkpoint_5"]
+    with pytest.raises(CheckpointError, match="finite"):
+        checkpoints.save_checkpoint(tmp_path, _tree(), float("nan"))
+    with pytest.raises(CheckpointError, match="int or a float"):
+        checkpoints.save_checkpoint(tmp_path, _tree(), "6")
+
+
+def test_overwrite_rules(tmp_path):
+    checkpoints.save_checkpoint(tmp_path, _tree(1), 5, keep=5)
+    checkpoints.save_checkpoint(tmp_path, _tree(2), 8, keep=5)
+    with pytest.raises(CheckpointExistsError, match="same or a later step"):
+        checkpoints.save_checkpoint(tmp_path, _tree(3), 8)
+    with pytest.raises(CheckpointExistsError, match="checkpoint_8"):
+        checkpoints.save_checkpoint(tmp_path, _tree(3), 6)
+    checkpoints.save_checkpoint(tmp_path, _tree(3), 6, keep=5, overwrite=True)
+    assert _names(tmp_path) == ["checkpoint_5", "checkpoint_6"]  # the later step 8 is gone
+    checkpoints.save_checkpoint(tmp_path, _tree(4), 6, keep=5, overwrite=True)
+    assert checkpoints.restore_checkpoint(tmp_path, _tree())["w"][0, 0] == 4.0
+
+
+def test_missing_directory_and_missing_step(tmp_path):
+    target = _tree()
+    assert checkpoints.restore_checkpoint(tmp_path / "nope", target) is target
+    restored, report = checkpoints.restore_checkpoint(tmp_path / "nope", target, strict=False)
+    assert restored is target and report.path is None
+    with pytest.raises(CheckpointNotFoundError, match="does not exist"):
+        checkpoints.restore_checkpoint(tmp_path / "nope", target, step=0)
+    checkpoints.save_checkpoint(tmp_path, target, 3)
+    with pytest.raises(CheckpointNotFoundError, match=r"checkpoint_4.*\[3\]"):
+        checkpoints.restore_checkpoint(tmp_path, target, step=4)
+
+
+def test_restore_from_file_path_and_raw_state_dict(tmp_path):
+    path = checkpoints.save_checkpoint(tmp_path, _tree(2), 1)
+    assert checkpoints.restore_checkpoint(path, _tree())["w"][1, 1] == 2.0
+    raw = checkpoints.restore_checkpoint(tmp_path, None)
+    assert set(raw) == {"w", "b", "count"} and raw["b"]["x"].dtype == np.int32
+
+
+def test_strict_restore_reports_all_mismatches_at_once(tmp_path):
+    checkpoints.save_checkpoint(tmp_path, _tree(), 1)
+    target = {"w": np.zeros((2, 4), np.float32), "b": {"x": np.zeros(3, np.float32)},
+              "new": np.zeros(1)}
+    with pytest.raises(CheckpointMismatchError) as info:
+        checkpoints.restore_checkpoint(tmp_path, target)
+    msg = str(info.value)
+    for part in ["w: expected shape (2, 4) float32, got shape (2, 3) float32",
+                 "b/x: expected shape (3,) float32, got shape (3,) int32",
+                 "missing:    new", "unexpected: count", "strict=False"]:
+        assert part in msg
+    report = info.value.report
+    assert report.missing == ("new",) and report.unexpected == ("count",)
+    assert [p for p, _ in report.mismatched] == ["w", "b/x"]
+
+
+def test_partial_restore_for_fine_tuning(tmp_path, rng):
+    class Net(nn.Module):
+        def apply(self, x, classes):
+            x = nn.Dense(x, features=4, name="body")
+            return nn.Dense(x, features=classes, name="head")
+
+    x = jnp.ones((1, 3))
+    _, pretrained = Net.init(rng, x, classes=10)
+    checkpoints.save_checkpoint(tmp_path, nn.Model(Net, pretrained), 100)
+    _, fresh = Net.init(jax.random.PRNGKey(1), x, classes=2)
+    model, report = checkpoints.restore_checkpoint(tmp_path, nn.Model(Net, fresh),
+                                                   strict=False)
+    assert set(report.restored) == {"params/body/kernel", "params/body/bias"}
+    assert {p for p, _ in report.mismatched} == {"params/head/kernel", "params/head/bias"}
+    assert not report.missing and not report.unexpected and not report.ok
+    np.testing.assert_array_equal(model.params["body"]["kernel"],
+                                  pretrained["body"]["kernel"])
+    np.testing.assert_array_equal(model.params["head"]["kernel"], fresh["head"]["kernel"])
+    assert model(x, classes=2).shape == (1, 2)
+    assert "2 restored, 0 missing, 0 unexpected, 2 mismatched" in str(report)
+
+
+def test_optimizer_checkpoint_round_trip(tmp_path, rng):
+    class Lin(nn.Module):
+        def apply(self, x):
+            return nn.Dense(x, features=2)
+
+    _, params = Lin.init(rng, jnp.ones((1, 3)))
+    opt = optim.Momentum(learning_rate=0.1, beta=0.9).create(nn.Model(Lin, params))
+    opt = opt.apply_gradient(jax.tree.map(jnp.ones_like, opt.target))
+    checkpoints.save_checkpoint(tmp_path, opt, int(opt.state.step))
+    fresh = optim.Momentum(learning_rate=0.1, beta=0.9).create(nn.Model(Lin, params))
+    back = checkpoints.restore_checkpoint(tmp_path, fresh)
+    assert int(back.state.step) == 1
+    for a, b in zip(jax.tree.leaves(opt), jax.tree.leaves(back)):
+        np.testing.assert_array_equal(a, b)
+        assert isinstance(b, jax.Array) and a.dtype == b.dtype
+
+
+def test_restore_onto_sharded_target_keeps_placement(tmp_path):
+    devices = np.array(jax.devices())
+    if devices.size < 2:
+        pytest.skip("needs several devices (the root conftest simulates 8)")
+    mesh = Mesh(devices, ("batch",))
+    # Saved from one device.
+    checkpoints.save_checkpoint(tmp_path, {"p": jnp.arange(8.0), "q": jnp.ones((8, 2))}, 1)
+    replicated = NamedSharding(mesh, P())
+    split = NamedSharding(mesh, P("batch"))
+    target = {"p": jax.device_put(jnp.zeros(8), replicated),
+              "q": jax.device_put(jnp.zeros((8, 2)), split)}
+    back = checkpoints.restore_checkpoint(tmp_path, target)
+    assert back["p"].sharding == replicated and back["q"].sharding == split
+    np.testing.assert_array_equal(back["p"], np.arange(8.0))
+    # Abstract targets work too: nothing has to be materialised before the restore.
+    abstract = {"p": jax.ShapeDtypeStruct((8,), jnp.float32, sharding=replicated),
+                "q": jax.ShapeDtypeStruct((8, 2), jnp.float32, sharding=split)}
+    back = checkpoints.restore_checkpoint(tmp_path, abstract)
+    assert back["q"].sharding == split
+    # And a replicated save restores onto a single-device target.
+    checkpoints.save_checkpoint(tmp_path, target, 2)
+    back = checkpoints.restore_checkpoint(tmp_path, {"p": jnp.zeros(8), "q": jnp.zeros((8, 2))})
+    assert len(back["p"].sharding.device_set) == 1
+
+
+def test_temp_files_never_count_and_stale_ones_are_cleaned(tmp_path):
+    checkpoints.save_checkpoint(tmp_path, _tree(1), 1)
+    # What a killed saver leaves behind (pid 2**22 + 1 cannot be alive on Linux).
+    stale = tmp_path / f".checkpoint_9{checkpoints._TMP_MARK}{checkpoints._HOST}-4194305-ab12"
+    stale.write_bytes(b"\x82partial")
+    other_host = tmp_path / f".checkpoint_9{checkpoints._TMP_MARK}otherhost-1-ab12"
+    other_host.write_bytes(b"\x82partial")
+    (tmp_path / "checkpoint_tmp").write_bytes(b"junk")
+    (tmp_path / "checkpoint_12.tmp").write_bytes(b"junk")
+    assert checkpoints.latest_checkpoint(tmp_path).endswith("checkpoint_1")
+    checkpoints.save_checkpoint(tmp_path, _tree(2), 2)
+    assert not stale.exists() and other_host.exists()
+    assert checkpoints.restore_checkpoint(tmp_path, _tree())["w"][0, 0] == 2.0
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_write_failure_is_clear_and_previous_checkpoint_intact(tmp_path, monkeypatch, err):
+    checkpoints.save_checkpoint(tmp_path, _tree(1), 1)
+    before = (tmp_path / "checkpoint_1").read_bytes()
+    real_write = os.write
+
+    def failing_write(fd, data):
+        real_write(fd, bytes(data)[:5])  # a partial write, then the failure
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(checkpoints.os, "write", failing_write)
+    with pytest.raises(CheckpointWriteError, match="previous checkpoints are intact") as info:
+        checkpoints.save_checkpoint(tmp_path, _tree(2), 2)
+    expected = {errno.ENOSPC: "disk is full", errno.EROFS: "read-only",
+                errno.EACCES: "permission denied"}[err]
+    assert expected in str(info.value)
+    monkeypatch.undo()
+    assert _names(tmp_path) == ["checkpoint_1"]  # no temp file left, nothing pruned
+    assert (tmp_path / "checkpoint_1").read_bytes() == before
+
+
+def test_replace_failure_keeps_previous(tmp_path, monkeypatch):
+    checkpoints.save_checkpoint(tmp_path, _tree(1), 1)
+
+    def failing_replace(src, dst):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(checkpoints.os, "replace", failing_replace)
+    with pytest.raises(CheckpointWriteError, match="read-only"):
+        checkpoints.save_checkpoint(tmp_path, _tree(2), 2)
+    monkeypatch.undo()
+    assert _names(tmp_path) == ["checkpoint_1"]
+
+
+def test_read_only_directory(tmp_path):
+    ro = tmp_path / "ro"
+    checkpoints.save_checkpoint(ro, _tree(1), 1)
+    os.chmod(ro, 0o555)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as root: chmod does not block writes (covered by the "
+                        "monkeypatched EROFS/EACCES test)")
+        with pytest.raises(CheckpointWriteError, match="permission denied"):
+            checkpoints.save_checkpoint(ro, _tree(2), 2)
+        assert _names(ro) == ["checkpoint_1"]
+    finally:
+        os.chmod(ro, 0o755)
+
+
+def test_damaged_checkpoint_file_names_the_file(tmp_path):
+    path = checkpoints.save_checkpoint(tmp_path, _tree(), 1)
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(SerializationError, match="checkpoint_1.*truncated"):
+        checkpoints.restore_checkpoint(tmp_path, _tree())
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(CheckpointError, match="keep"):
+        checkpoints.save_checkpoint(tmp_path, _tree(), 1, keep=0)
+    with pytest.raises(CheckpointError, match="path separator"):
+        checkpoints.save_checkpoint(tmp_path, _tree(), 1, prefix="a/b")
+    with pytest.raises(SerializationError):
+        checkpoints.save_checkpoint(tmp_path, {"x": object()}, 1)
+    assert not os.listdir(tmp_path)  # nothing written before the target was serializable
+
+
+def test_restore_state_directly():
+    state = serialization.to_state_dict(_tree(3))
+    restored, report = checkpoints.restore_state(_tree(), state)
+    assert report.ok and restored["count"] == 7 and restored["w"][0, 0] == 3.0
