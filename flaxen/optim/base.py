@@ -184,14 +184,20 @@ class OptimizerDef:
     def init_state(self, params: Any) -> OptimizerState:
         """``OptimizerState(step=0, param_states=optax_init(params))``."""
         tx = self.transform(self._init_hyper_params())
-        return OptimizerState(step=jnp.zeros((), jnp.int32), param_states=tx.init(params))
+        with jax.numpy_dtype_promotion("standard"):
+            inner = tx.init(params)
+        return OptimizerState(step=jnp.zeros((), jnp.int32), param_states=inner)
 
     def apply_gradient(self, hyper_params: Any, params: Any, state: OptimizerState,
                        grads: Any) -> tuple[Any, OptimizerState]:
         """One update: ``(new_params, new_state)``; ``grads`` mirrors ``params``."""
         tx = self.transform(hyper_params)
-        updates, new_inner = tx.update(grads, state.param_states, params)
-        new_params = optax.apply_updates(params, updates)
+        # optax relies on standard promotion (e.g. ``b1 ** count`` with an int32 count);
+        # a user's strict mode must not break it. ``apply_updates`` casts back to each
+        # param's dtype, so bf16 params stay bf16 even with an f32 learning rate.
+        with jax.numpy_dtype_promotion("standard"):
+            updates, new_inner = tx.update(grads, state.param_states, params)
+            new_params = optax.apply_updates(params, updates)
         return new_params, OptimizerState(step=state.step + 1, param_states=new_inner)
 
     def create(self, target: Any, focus: Any = None) -> Optimizer:

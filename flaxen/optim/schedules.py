@@ -23,7 +23,12 @@ Schedule = Callable[[jax.typing.ArrayLike], jax.Array]
 
 
 def _f32(fn: Callable) -> Schedule:
-    return lambda step: jnp.asarray(fn(step), jnp.float32)
+    def schedule(step: jax.typing.ArrayLike) -> jax.Array:
+        # optax mixes Python floats with the int step: fine only under standard promotion.
+        with jax.numpy_dtype_promotion("standard"):
+            return jnp.asarray(fn(step), jnp.float32)
+
+    return schedule
 
 
 def _check_steps(name: str, **steps: int) -> None:
