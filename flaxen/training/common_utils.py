@@ -41,7 +41,7 @@ def onehot(labels: ArrayLike, num_classes: int, on_value: float = 1.0,
             num_classes < 1):
         raise ShapeError("onehot", "num_classes", "an int >= 1", repr(num_classes))
     labels = jnp.asarray(labels)
-    classes = jnp.arange(num_classes, dtype=labels.dtype)
+    classes = jnp.arange(num_classes, dtype=labels.dtype).reshape((1,) * labels.ndim + (-1,))
     hit = labels[..., None] == classes
     return jnp.where(hit, jnp.asarray(on_value, dtype), jnp.asarray(off_value, dtype))
 
@@ -97,7 +97,11 @@ def stack_forest(forest: Sequence[Any]) -> Any:
 
 
 def _is_pmapped(x: Any) -> bool:
-    return isinstance(x, jax.Array) and isinstance(x.sharding, jax.sharding.PmapSharding)
+    """Whether ``x`` looks like a ``jax.pmap`` output: one row of axis 0 per device."""
+    if not isinstance(x, jax.Array) or x.ndim == 0 or x.is_fully_replicated:
+        return False
+    n = len(x.sharding.device_set)
+    return n > 1 and x.shape[0] == n and x.sharding.shard_shape(x.shape)[0] == 1
 
 
 def get_metrics(device_metrics: Sequence[Any], unreplicate: bool | None = None) -> Any:
@@ -106,8 +110,10 @@ def get_metrics(device_metrics: Sequence[Any], unreplicate: bool | None = None) 
     Args:
       device_metrics: one metrics pytree per step (scalars or arrays).
       unreplicate: take copy 0 of a leading device axis (pmap-style outputs). None (the
-        default) does so exactly for arrays produced by ``jax.pmap``; metrics of a
-        ``jax.jit`` step (possibly replicated over a mesh) have no such axis.
+        default) does so for device arrays laid out as ``jax.pmap`` returns them (axis 0
+        of size n split over n > 1 devices, one row each); metrics of a ``jax.jit`` step
+        (scalars, possibly replicated over a mesh) are taken as they are. Pass a bool to
+        decide explicitly.
 
     Returns:
       A pytree of numpy arrays ``[num_steps, ...]``.
