@@ -11,3 +11,4 @@ from flaxen import parallel as parallel  # noqa: E402
 from flaxen import serialization as serialization  # noqa: E402
 from flaxen import struct as struct  # noqa: E402
 from flaxen import training as training  # noqa: E402
+from flaxen import traverse_util as traverse_util  # noqa: E402

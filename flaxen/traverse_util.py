@@ -1,0 +1,285 @@
+"""Flattening nested dicts, and traversals: select parts of a pytree, update them by copy.
+
+``flatten_dict({'a': {'b': 1}}) == {('a', 'b'): 1}`` and ``unflatten_dict`` inverts it.
+
+A ``Traversal`` names a selection of a structure (``t_identity['params'].each()``);
+``iterate(x)`` yields the selected values and ``update(fn, x)`` returns a copy of ``x`` with
+``fn`` applied to them. Inputs are never mutated.
+
+Example:
+    >>> t = t_identity['a'].each()
+    >>> t.update(lambda v: v * 10, {'a': [1, 2], 'b': 3})
+    {'a': [10, 20], 'b': 3}
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+
+from flaxen.errors import FlaxenError
+
+
+def flatten_dict(xs: dict[Any, Any], keep_empty_nodes: bool = False,
+                 sep: str | None = None) -> dict[Any, Any]:
+    """Flattens a nested dict into ``{path: leaf}``.
+
+    Args:
+      xs: a nested dict.
+      keep_empty_nodes: keep empty sub-dicts as ``{}`` leaves (dropped by default, as in
+        the pre-release).
+      sep: if given, paths are strings joined by ``sep`` instead of tuples.
+
+    Returns:
+      A flat dict keyed by tuples of keys (or ``sep``-joined strings).
+    """
+    if not isinstance(xs, dict):
+        raise FlaxenError(f"flatten_dict expects a dict, got {type(xs).__name__}.")
+    out: dict[Any, Any] = {}
+
+    def walk(node: dict[Any, Any], prefix: tuple[Any, ...]) -> None:
+        for k, v in node.items():
+            path = (*prefix, k)
+            if isinstance(v, dict) and v:
+                walk(v, path)
+            elif isinstance(v, dict) and not keep_empty_nodes:
+                continue
+            else:
+                out[sep.join(map(str, path)) if sep is not None else path] = v
+
+    walk(xs, ())
+    return out
+
+
+def unflatten_dict(xs: dict[Any, Any], sep: str | None = None) -> dict[Any, Any]:
+    """Inverts ``flatten_dict``: ``{('a', 'b'): 1}`` (or ``{'a/b': 1}`` with sep) -> nested."""
+    if not isinstance(xs, dict):
+        raise FlaxenError(f"unflatten_dict expects a dict, got {type(xs).__name__}.")
+    root: dict[Any, Any] = {}
+    for path, value in xs.items():
+        keys = tuple(path.split(sep)) if sep is not None else tuple(path)
+        if not keys:
+            raise FlaxenError("unflatten_dict: an empty path cannot be placed.")
+        node = root
+        for k in keys[:-1]:
+            child = node.setdefault(k, {})
+            if not isinstance(child, dict):
+                raise FlaxenError(f"unflatten_dict: the path {path!r} goes through the leaf at "
+                                  f"{k!r}.")
+            node = child
+        node[keys[-1]] = value
+    return root
+
+
+class Traversal(abc.ABC):
+    """A selection inside a structure; subclasses implement ``update`` and ``iterate``."""
+
+    @abc.abstractmethod
+    def update(self, fn: Callable[[Any], Any], inputs: Any) -> Any:
+        """A copy of ``inputs`` with ``fn`` applied to every selected value."""
+
+    @abc.abstractmethod
+    def iterate(self, inputs: Any) -> Iterator[Any]:
+        """Yields the selected values in order."""
+
+    def set(self, values: list[Any], inputs: Any) -> Any:
+        """A copy of ``inputs`` whose selected values are replaced by ``values``, in order."""
+        values = list(values)
+        it = iter(values)
+        count = [0]
+
+        def take(_: Any) -> Any:
+            count[0] += 1
+            try:
+                return next(it)
+            except StopIteration:
+                raise FlaxenError(
+                    f"Not enough values provided: {len(values)} for a traversal that selects "
+                    "more.") from None
+
+        out = self.update(take, inputs)
+        if count[0] != len(values):
+            raise FlaxenError(f"Too many values provided: {len(values)} for {count[0]} "
+                              "selected entries.")
+        return out
+
+    def compose(self, other: Traversal) -> Traversal:
+        """The traversal that applies ``other`` inside what ``self`` selects."""
+        return TraverseCompose(self, other)
+
+    def merge(self, *traversals: Traversal) -> Traversal:
+        """Selects what ``self`` and each of ``traversals`` select, one after the other."""
+        return self.compose(TraverseMerge(*traversals))
+
+    def each(self) -> Traversal:
+        """Selects every entry of the selected lists, tuples or dicts."""
+        return self.compose(TraverseEach())
+
+    def tree(self) -> Traversal:
+        """Selects every pytree leaf of the selected values."""
+        return self.compose(TraverseTree())
+
+    def filter(self, fn: Callable[[Any], bool]) -> Traversal:
+        """Keeps only the selected values for which ``fn(value)`` is true."""
+        return self.compose(TraverseFilter(fn))
+
+    def __getattr__(self, attr: str) -> Traversal:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return self.compose(TraverseAttr(attr))
+
+    def __getitem__(self, key: Any) -> Traversal:
+        return self.compose(TraverseItem(key))
+
+
+class TraverseId(Traversal):
+    """Selects its input itself."""
+
+    def update(self, fn: Callable[[Any], Any], inputs: Any) -> Any:
+        return fn(inputs)
+
+    def iterate(self, inputs: Any) -> Iterator[Any]:
+        yield inputs
+
+
+t_identity = TraverseId()
+
+
+class TraverseMerge(Traversal):
+    """Selects, in turn, what each of several traversals selects."""
+
+    def __init__(self, *traversals: Traversal):
+        self.traversals = traversals
+
+    def update(self, fn: Callable[[Any], Any], inputs: Any) -> Any:
+        for t in self.traversals:
+            inputs = t.update(fn, inputs)
+        return inputs
+
+    def iterate(self, inputs: Any) -> Iterator[Any]:
+        for t in self.traversals:
+            yield from t.iterate(inputs)
+
+
+class TraverseCompose(Traversal):
+    """``y`` inside ``x``: applies the second traversal to what the first selects."""
+
+    def __init__(self, x: Traversal, y: Traversal):
+        self.x, self.y = x, y
+
+    def update(self, fn: Callable[[Any], Any], inputs: Any) -> Any:
+        return self.x.update(lambda v: self.y.update(fn, v), inputs)
+
+    def iterate(self, inputs: Any) -> Iterator[Any]:
+        for v in self.x.iterate(inputs):
+            yield from self.y.iterate(v)
+
+
+class TraverseFilter(Traversal):
+    """Selects its input only if ``fn(input)`` is true."""
+
+    def __init__(self, fn: Callable[[Any], bool]):
+        self.fn = fn
+
+    def update(self, fn: Callable[[Any], Any], inputs: Any) -> Any:
+        return fn(inputs) if self.fn(inputs) else inputs
+
+    def iterate(self, inputs: Any) -> Iterator[Any]:
+        if self.fn(inputs):
+            yield inputs
+
+
+def _copy_with(inputs: Any, attr: str, value: Any) -> Any:
+    if dataclasses.is_dataclass(inputs) and not isinstance(inputs, type):
+        return dataclasses.replace(inputs, **{attr: value})
+    if hasattr(inputs, "_replace"):
+        return inputs._replace(**{attr: value})
+    out = copy.copy(inputs)
+    setattr(out, attr, value)
+    return out
+
+
+class TraverseAttr(Traversal):
+    """Selects the attribute ``attr`` (updates via ``dataclasses.replace``/``_replace``)."""
+
+    def __init__(self, attr: str):
+        self.attr = attr
+
+    def update(self, fn: Callable[[Any], Any], inputs: Any) -> Any:
+        return _copy_with(inputs, self.attr, fn(getattr(inputs, self.attr)))
+
+    def iterate(self, inputs: Any) -> Iterator[Any]:
+        yield getattr(inputs, self.attr)
+
+
+class TraverseItem(Traversal):
+    """Selects ``inputs[key]``; a slice of a list or tuple selects each entry in it."""
+
+    def __init__(self, key: Any):
+        self.key = key
+
+    def update(self, fn: Callable[[Any], Any], inputs: Any) -> Any:
+        if isinstance(inputs, tuple | list):
+            items = list(inputs)
+            if isinstance(self.key, slice):
+                for i in range(*self.key.indices(len(items))):
+                    items[i] = fn(items[i])
+            else:
+                items[self.key] = fn(items[self.key])
+            return _rebuild(inputs, items)
+        out = copy.copy(inputs)
+        out[self.key] = fn(inputs[self.key])
+        return out
+
+    def iterate(self, inputs: Any) -> Iterator[Any]:
+        if isinstance(self.key, slice) and isinstance(inputs, tuple | list):
+            yield from inputs[self.key]
+        else:
+            yield inputs[self.key]
+
+
+def _rebuild(inputs: tuple[Any, ...] | list[Any], items: list[Any]) -> Any:
+    if isinstance(inputs, list):
+        return items
+    if hasattr(inputs, "_fields"):
+        return type(inputs)(*items)
+    return type(inputs)(items)
+
+
+class TraverseEach(Traversal):
+    """Selects every entry of a list, tuple or dict."""
+
+    def update(self, fn: Callable[[Any], Any], inputs: Any) -> Any:
+        if isinstance(inputs, dict):
+            return type(inputs)((k, fn(v)) for k, v in inputs.items())
+        if not isinstance(inputs, list | tuple):
+            raise FlaxenError("Only the entries of a list or tuple can be traversed; got "
+                              f"{type(inputs).__name__}.")
+        return _rebuild(inputs, [fn(v) for v in inputs])
+
+    def iterate(self, inputs: Any) -> Iterator[Any]:
+        yield from inputs.values() if isinstance(inputs, dict) else inputs
+
+
+class TraverseTree(Traversal):
+    """Selects every leaf of a pytree."""
+
+    def update(self, fn: Callable[[Any], Any], inputs: Any) -> Any:
+        return jax.tree.map(fn, inputs)
+
+    def iterate(self, inputs: Any) -> Iterator[Any]:
+        yield from jax.tree.leaves(inputs)
+
+
+def __getattr__(name: str) -> Any:
+    # ``traverse_util.ModelParamTraversal`` (its later Flax home) is the optimizer's class.
+    if name == "ModelParamTraversal":
+        from flaxen.optim.multi import ModelParamTraversal
+
+        return ModelParamTraversal
+    raise AttributeError(f"module 'flaxen.traverse_util' has no attribute {name!r}")
