@@ -166,9 +166,21 @@ def from_state_dict(target: Any, state: Any, name: str | None = None) -> Any:
             parts.pop()
 
 
+def is_key_array(x: Any) -> bool:
+    """Whether ``x`` is a typed PRNG key array (``jax.random.key``); stored as its key data."""
+    dtype = getattr(x, "dtype", None)
+    try:
+        return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+    except TypeError:
+        return False
+
+
 def _restore_leaf(target: Any, state: Any) -> Any:
     """Puts a restored leaf where the target's leaf lives (same device placement)."""
     if isinstance(state, np.ndarray | np.generic):
+        if is_key_array(target) and isinstance(target, jax.Array):
+            keys = jax.random.wrap_key_data(state, impl=jax.random.key_impl(target))
+            return jax.device_put(keys, target.sharding)
         if isinstance(target, jax.Array) and not isinstance(target, jax.core.Tracer):
             return jax.device_put(state, target.sharding)
         if isinstance(target, jax.ShapeDtypeStruct):
@@ -305,8 +317,7 @@ def _dtype_name(dtype: np.dtype) -> str:
     if name not in _ALLOWED_DTYPES or _ALLOWED_DTYPES[name] != dtype:
         raise SerializationError(
             f"Arrays of dtype {dtype} cannot be serialized; supported dtypes are "
-            f"{sorted(_ALLOWED_DTYPES)}. Object and structured dtypes are never written. "
-            "For a typed PRNG key, store `jax.random.key_data(key)` instead."
+            f"{sorted(_ALLOWED_DTYPES)}. Object and structured dtypes are never written."
         )
     return name
 
@@ -328,7 +339,7 @@ def _prepare(x: Any, depth: int = 0) -> Any:
     if isinstance(x, list | tuple):
         return [_prepare(v, depth + 1) for v in x]
     if isinstance(x, jax.Array):
-        x = _host_array(x)
+        x = _host_array(jax.random.key_data(x) if is_key_array(x) else x)
     if isinstance(x, np.ndarray):
         _dtype_name(x.dtype)
         if x.nbytes > _MAX_CHUNK_BYTES:

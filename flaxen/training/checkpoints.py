@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any, Literal, overload
 
+import jax
 import numpy as np
 
 from flaxen import serialization
@@ -207,6 +208,9 @@ def save_checkpoint(ckpt_dir: str | os.PathLike[str], target: Any, step: int | f
       overwrite: if False, saving a step that exists, or a step below an existing one,
         raises. If True, it replaces that step and removes checkpoints of larger steps.
 
+    With several processes (``jax.distributed.initialize``), call it on every process:
+    arrays sharded across processes are gathered (a collective), then process 0 writes.
+
     Returns:
       The path of the new checkpoint.
 
@@ -219,8 +223,10 @@ def save_checkpoint(ckpt_dir: str | os.PathLike[str], target: Any, step: int | f
     step_text = _step_str(step)
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
         raise CheckpointError(f"keep must be an int >= 1, got {keep!r}.")
-    data = serialization.to_bytes(target)
+    data = serialization.to_bytes(target)  # in a multi-process run: gathers (collective)
     final = os.path.join(ckpt_dir, prefix + step_text)
+    if jax.process_index() != 0:
+        return final  # only process 0 writes; every process must call (see docstring)
     try:
         os.makedirs(ckpt_dir, exist_ok=True)
     except OSError as e:
@@ -326,6 +332,14 @@ def _unflatten(flat: dict[tuple[str, ...], Any]) -> Any:
     return root
 
 
+def _as_stored(x: Any) -> Any:
+    """What the file holds for target leaf ``x``: typed PRNG keys are stored as key data."""
+    if serialization.is_key_array(x) and hasattr(x, "shape"):
+        impl_shape = jax.eval_shape(jax.random.key_data, x)
+        return jax.ShapeDtypeStruct(impl_shape.shape, impl_shape.dtype)
+    return x
+
+
 def _describe(x: Any) -> str:
     if x is _EMPTY:
         return "an empty dict"
@@ -339,13 +353,14 @@ def _leaf_problem(t: Any, c: Any) -> str | None:
     if t is _EMPTY or c is _EMPTY:
         ok = t is c
     elif hasattr(t, "shape") and hasattr(t, "dtype"):
+        t = _as_stored(t)
         ok = (isinstance(c, np.ndarray | np.generic) and tuple(c.shape) == tuple(t.shape)
               and np.dtype(c.dtype) == np.dtype(t.dtype))
     elif t is None or isinstance(t, bool | int | float | complex | str | bytes):
         ok = type(c) is type(t)
     else:
         ok = True
-    return None if ok else f"expected {_describe(t)}, got {_describe(c)}"
+    return None if ok else f"expected {_describe(_as_stored(t))}, got {_describe(c)}"
 
 
 def _join(path: tuple[str, ...]) -> str:

@@ -268,3 +268,14 @@ def test_restore_state_directly():
     state = serialization.to_state_dict(_tree(3))
     restored, report = checkpoints.restore_state(_tree(), state)
     assert report.ok and restored["count"] == 7 and restored["w"][0, 0] == 3.0
+
+
+def test_typed_key_leaves_are_checked_against_their_key_data(tmp_path):
+    checkpoints.save_checkpoint(tmp_path, {"rng": jax.random.split(jax.random.key(1), 4)}, 1)
+    with pytest.raises(CheckpointMismatchError, match=r"rng: expected shape \(3, 2\) uint32, "
+                                                      r"got shape \(4, 2\) uint32"):
+        checkpoints.restore_checkpoint(tmp_path, {"rng": jax.random.split(jax.random.key(0), 3)})
+    back = checkpoints.restore_checkpoint(tmp_path,
+                                          {"rng": jax.random.split(jax.random.key(0), 4)})
+    np.testing.assert_array_equal(jax.random.key_data(back["rng"]),
+                                  jax.random.key_data(jax.random.split(jax.random.key(1), 4)))
