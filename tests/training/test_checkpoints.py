@@ -279,3 +279,20 @@ def test_typed_key_leaves_are_checked_against_their_key_data(tmp_path):
                                           {"rng": jax.random.split(jax.random.key(0), 4)})
     np.testing.assert_array_equal(jax.random.key_data(back["rng"]),
                                   jax.random.key_data(jax.random.split(jax.random.key(1), 4)))
+
+
+def test_restore_only_the_weights_of_an_optimizer_checkpoint(tmp_path, rng):
+    class Lin(nn.Module):
+        def apply(self, x):
+            return nn.Dense(x, features=2)
+
+    _, params = Lin.init(rng, jnp.ones((1, 3)))
+    opt = optim.Momentum(learning_rate=0.1, beta=0.9).create(nn.Model(Lin, params))
+    checkpoints.save_checkpoint(tmp_path, opt, 0)
+    _, other = Lin.init(jax.random.PRNGKey(5), jnp.ones((1, 3)))
+    part, report = checkpoints.restore_checkpoint(
+        tmp_path, {"target": nn.Model(Lin, other)}, strict=False)
+    assert report.unexpected and all(p.startswith("state/") for p in report.unexpected)
+    assert not report.missing and not report.mismatched
+    np.testing.assert_array_equal(part["target"].params["Dense_0"]["kernel"],
+                                  params["Dense_0"]["kernel"])
