@@ -48,3 +48,9 @@ from flaxen.nn.normalization import RMSNorm as RMSNorm
 from flaxen.nn.pooling import avg_pool as avg_pool
 from flaxen.nn.pooling import max_pool as max_pool
 from flaxen.nn.pooling import pool as pool
+from flaxen.nn.attention import MultiHeadDotProductAttention as MultiHeadDotProductAttention
+from flaxen.nn.attention import SelfAttention as SelfAttention
+from flaxen.nn.attention import dot_product_attention as dot_product_attention
+from flaxen.nn.attention import make_attention_mask as make_attention_mask
+from flaxen.nn.attention import make_causal_mask as make_causal_mask
+from flaxen.nn.attention import make_padding_mask as make_padding_mask

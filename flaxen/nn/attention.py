@@ -1,0 +1,427 @@
+"""Dot-product attention: the function, masks, and the multi-head layers with a decode cache.
+
+Shapes follow the pre-release Flax: queries, keys and values are
+``(batch, d1, ..., dn, heads, depth)``; attention runs over some of the ``d`` axes
+(by default all of them). Masks are booleans (True = may attend) or additive biases
+with the layout of the attention logits ``(batch, other dims..., heads, q dims..., k
+dims...)``, where any axis may be 1 to broadcast; the usual 1-D case is
+``(batch, heads or 1, q_len, k_len)``.
+
+Autoregressive decoding (``MultiHeadDotProductAttention(..., decode=True)``) keeps the
+projected keys and values in module state, ``cached_key``, ``cached_value`` (``(batch,
+max_len, heads, head_dim)``) and ``cache_index`` (int32 scalar). The protocol:
+
+    # 1. Allocate: one call on a full-length (batch, max_len, ...) input creates a zero
+    #    cache (and returns ordinary causal attention on that input).
+    _, cache = model.call_with_state(None, jnp.zeros((batch, max_len, ...)), decode=True)
+    # 2. Step: feed one position at a time, (batch, 1, ...); thread the cache through.
+    for t in range(max_len):
+        y_t, cache = model.call_with_state(cache, x[:, t:t + 1], decode=True)
+
+Each step writes its key/value at ``cache_index``, attends to positions ``<=
+cache_index`` and increments it, so step ``t`` equals position ``t`` of the full causal
+pass. (``init_with_state(rng, x_full, decode=True)`` also allocates the cache.) More than
+``max_len`` steps is not detected under jit: the last slot is overwritten.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from flaxen.errors import LayerArgumentError, ShapeError
+from flaxen.nn import initializers
+from flaxen.nn._layer_util import InitFn, as_tuple, where
+from flaxen.nn.base import Module
+from flaxen.nn.linear import DenseGeneral, default_kernel_init
+from flaxen.nn.stochastic import make_rng
+
+
+def _mask_value(dtype: Any) -> float:
+    """The additive bias of a masked position: -1e10, or less extreme for float16."""
+    return float(max(-1e10, float(jnp.finfo(dtype).min) / 2))
+
+
+def mask_to_bias(mask: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
+    """A boolean mask (True = attend) as an additive bias: 0 where True, very negative else."""
+    mask = jnp.asarray(mask)
+    return jnp.where(mask.astype(jnp.bool_), jnp.zeros((), dtype),
+                     jnp.asarray(_mask_value(dtype), dtype))
+
+
+def _check_attention_args(q: jax.Array, k: jax.Array, v: jax.Array,
+                          axis: Sequence[int] | None) -> tuple[int, ...]:
+    path = where()
+    if not q.ndim == k.ndim == v.ndim or q.ndim < 4:
+        raise ShapeError(path, "query/key/value ranks", "equal ranks >= 4 (batch, attention "
+                         "dims..., heads, depth)",
+                         f"shapes {q.shape}, {k.shape}, {v.shape}")
+    nd = q.ndim
+    axes = tuple(range(1, nd - 2)) if axis is None else tuple(a % nd for a in as_tuple(axis))
+    if not axes or any(not 1 <= a < nd - 2 for a in axes) or len(set(axes)) != len(axes):
+        raise ShapeError(path, "attention axis", f"distinct axes between the batch axis and "
+                         f"the last two axes, i.e. in [1, {nd - 2})", f"axis={axis}")
+    if k.shape[:-1] != v.shape[:-1]:
+        raise ShapeError(path, "key and value shapes", "equal but for the last axis",
+                         f"key {k.shape}, value {v.shape}")
+    same = [0, nd - 2, nd - 1] + [a for a in range(1, nd - 2) if a not in axes]
+    if any(q.shape[a] != k.shape[a] for a in same):
+        raise ShapeError(path, "query and key shapes", "equal batch, heads, depth and "
+                         "non-attention dims", f"query {q.shape}, key {k.shape}")
+    return tuple(sorted(axes))
+
+
+def _check_bias(name: str, b: jax.Array, logits_shape: tuple[int, ...]) -> None:
+    ok = b.ndim == len(logits_shape) and all(
+        s in (1, t) for s, t in zip(b.shape, logits_shape))
+    if not ok:
+        raise ShapeError(where(), f"attention {name} shape", f"rank {len(logits_shape)}, "
+                         f"broadcastable to the logits shape {logits_shape} (batch, other "
+                         "dims, heads, q dims, k dims)", f"{name} shape {b.shape}")
+
+
+def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
+                          dtype: Any = jnp.float32, bias: jax.Array | None = None,
+                          axis: int | Sequence[int] | None = None,
+                          broadcast_dropout: bool = True, dropout_rng: jax.Array | None = None,
+                          dropout_rate: float = 0.0, deterministic: bool = False,
+                          precision: Any = None, mask: jax.Array | None = None) -> jax.Array:
+    """``softmax(q k^T / sqrt(depth) + bias) v`` over the attention axes.
+
+    Uses ``jax.nn.dot_product_attention`` (so fast kernels are used where the backend
+    has them) for the common case: one attention axis (rank-4 inputs), no dropout and
+    default precision. Otherwise an einsum path handles several attention axes (e.g.
+    2-D attention over images), other non-attention axes, and dropout.
+
+    Args:
+      query: ``(batch, d1..dn, heads, depth)``.
+      key: ``(batch, d1'..dn', heads, depth)`` (only the attention dims may differ).
+      value: ``(batch, d1'..dn', heads, v_depth)``.
+      dtype: computation dtype (inputs are cast to it; softmax runs in float32).
+      bias: additive bias, or a boolean mask, broadcastable to the logits
+        ``(batch, other dims..., heads, q attention dims..., k attention dims...)``,
+        with that rank.
+      axis: the attention axes (default: all of ``d1..dn``).
+      broadcast_dropout: share the dropout mask across batch, heads and other dims.
+      dropout_rng: key for dropout; default ``nn.make_rng()``.
+      dropout_rate: dropout on the attention weights.
+      deterministic: disables dropout.
+      precision: ``lax.Precision`` of both contractions.
+      mask: a boolean mask (True = attend), same layout as ``bias``; combined with it.
+
+    Returns:
+      ``(batch, d1..dn, heads, v_depth)`` in ``dtype``.
+
+    Raises:
+      ShapeError: mismatched ranks or shapes, a bad axis, or a mask/bias that does not
+        broadcast to the logits (the message names both shapes).
+    """
+    q, k, v = (jnp.asarray(a).astype(dtype) for a in (query, key, value))
+    axes = _check_attention_args(q, k, v, axis)
+    nd = q.ndim
+    others = tuple(a for a in range(1, nd - 2) if a not in axes)
+    bl = (q.shape[0],) + tuple(q.shape[a] for a in others)
+    qa = tuple(q.shape[a] for a in axes)
+    ka = tuple(k.shape[a] for a in axes)
+    heads = q.shape[-2]
+    logits_shape = bl + (heads,) + qa + ka
+    total_bias = None
+    for name, b in (("bias", bias), ("mask", mask)):
+        if b is None:
+            continue
+        b = jnp.asarray(b)
+        _check_bias(name, b, logits_shape)
+        b = mask_to_bias(b, dtype) if (name == "mask" or b.dtype == jnp.bool_) else b
+        b = b.astype(dtype)
+        total_bias = b if total_bias is None else total_bias + b
+    use_dropout = not deterministic and dropout_rate > 0.0
+    if not 0.0 <= dropout_rate < 1.0:
+        raise LayerArgumentError(where(), "attention dropout_rate", "a value in [0, 1)",
+                                 dropout_rate)
+
+    if nd == 4 and not use_dropout and precision is None and v.shape[-1] == q.shape[-1]:
+        if total_bias is not None:
+            total_bias = jnp.broadcast_to(total_bias, logits_shape)
+        return jax.nn.dot_product_attention(q, k, v, bias=total_bias).astype(dtype)
+
+    perm = (0,) + others + (nd - 2,) + axes + (nd - 1,)
+    lq, lk = int(np.prod(qa)), int(np.prod(ka))
+    qf = jnp.transpose(q, perm).reshape(bl + (heads, lq, q.shape[-1]))
+    kf = jnp.transpose(k, perm).reshape(bl + (heads, lk, k.shape[-1]))
+    vf = jnp.transpose(v, perm).reshape(bl + (heads, lk, v.shape[-1]))
+    qf = qf / jnp.sqrt(jnp.asarray(q.shape[-1], jnp.float32)).astype(dtype)
+    logits = jnp.einsum("...qd,...kd->...qk", qf, kf, precision=precision)
+    if total_bias is not None:
+        full = jnp.broadcast_to(total_bias, logits_shape)
+        logits = logits + full.reshape(bl + (heads, lq, lk))
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
+    if use_dropout:
+        rng = make_rng() if dropout_rng is None else dropout_rng
+        keep_prob = 1.0 - dropout_rate
+        shape = ((1,) * (len(bl) + 1) + (lq, lk)) if broadcast_dropout else weights.shape
+        keep = jax.random.bernoulli(rng, keep_prob, shape)
+        keep = jnp.broadcast_to(keep, weights.shape)
+        weights = jnp.where(keep, weights / jnp.asarray(keep_prob, dtype),
+                            jnp.zeros((), dtype))
+    out = jnp.einsum("...qk,...kd->...qd", weights, vf, precision=precision)
+    out = out.reshape(bl + (heads,) + qa + (v.shape[-1],))
+    return jnp.transpose(out, tuple(np.argsort(perm))).astype(dtype)
+
+
+# -- Masks ---------------------------------------------------------------------------
+
+
+def make_attention_mask(query_input: jax.Array, key_input: jax.Array,
+                        pairwise_fn: Callable[[Any, Any], Any] = jnp.multiply,
+                        dtype: Any = jnp.bool_) -> jax.Array:
+    """A ``(batch, 1, q_len, k_len)`` mask from per-position values.
+
+    Args:
+      query_input: ``(batch, q_len)`` (e.g. 1 for real tokens, 0 for padding, or
+        segment ids with ``pairwise_fn=jnp.equal``).
+      key_input: ``(batch, k_len)``.
+      pairwise_fn: combines a query value and a key value; nonzero/True = attend.
+      dtype: of the result (bool by default).
+    """
+    qi, ki = jnp.asarray(query_input), jnp.asarray(key_input)
+    if qi.ndim != 2 or ki.ndim != 2 or qi.shape[0] != ki.shape[0]:
+        raise ShapeError(where(), "make_attention_mask inputs", "(batch, q_len) and "
+                         "(batch, k_len) with the same batch", f"{qi.shape} and {ki.shape}")
+    m = pairwise_fn(qi[:, :, None], ki[:, None, :])
+    return m[:, None].astype(dtype)
+
+
+def make_causal_mask(x: jax.Array, dtype: Any = jnp.bool_) -> jax.Array:
+    """A ``(batch, 1, len, len)`` mask letting position i attend to positions j <= i.
+
+    Args:
+      x: ``(batch, len)`` (only the shape is used).
+      dtype: of the result (bool by default).
+    """
+    x = jnp.asarray(x)
+    if x.ndim != 2:
+        raise ShapeError(where(), "make_causal_mask input", "shape (batch, len)",
+                         f"shape {x.shape}")
+    idx = jnp.arange(x.shape[1], dtype=jnp.int32)
+    m = make_attention_mask(jnp.broadcast_to(idx, x.shape), jnp.broadcast_to(idx, x.shape),
+                            jnp.greater_equal)
+    return m.astype(dtype)
+
+
+def make_padding_mask(padding_mask_query: jax.Array, padding_mask_key: jax.Array | None = None,
+                      dtype: Any = jnp.float32, segmentation_mask: bool = False) -> jax.Array:
+    """The pre-release padding mask: ``(batch, 1, q dims..., k dims...)``.
+
+    Args:
+      padding_mask_query: ``(batch, q dims...)``, nonzero for real positions (a trailing
+        axis of size 1, as the pre-release examples passed, is dropped). With
+        ``segmentation_mask=True``, segment ids instead.
+      padding_mask_key: ``(batch, k dims...)``; defaults to the query's.
+      dtype: of the result (float32, as in the pre-release).
+      segmentation_mask: attend only where segment ids are equal.
+    """
+    q = jnp.asarray(padding_mask_query)
+    k = q if padding_mask_key is None else jnp.asarray(padding_mask_key)
+    if q.ndim > 2 and q.shape[-1] == 1:
+        q = q[..., 0]
+    if k.ndim > 2 and k.shape[-1] == 1:
+        k = k[..., 0]
+    if q.shape[0] != k.shape[0] or q.ndim < 2 or k.ndim < 2:
+        raise ShapeError(where(), "padding masks", "(batch, dims...) with the same batch",
+                         f"query mask {q.shape}, key mask {k.shape}")
+    qf = q.reshape(q.shape[0], -1)
+    kf = k.reshape(k.shape[0], -1)
+    fn = jnp.equal if segmentation_mask else (lambda a, b: a.astype(bool) & b.astype(bool))
+    m = make_attention_mask(qf, kf, fn, jnp.bool_)
+    return m.reshape((q.shape[0], 1) + q.shape[1:] + k.shape[1:]).astype(dtype)
+
+
+def _causal_bias_mask(attn_shape: tuple[int, ...]) -> jax.Array:
+    """Boolean ``(1, 1, attn..., attn...)``: flattened position j <= i."""
+    n = int(np.prod(attn_shape))
+    tri = np.tril(np.ones((n, n), np.bool_))
+    return jnp.asarray(tri.reshape((1, 1) + attn_shape + attn_shape))
+
+
+# -- Layers --------------------------------------------------------------------------
+
+
+class MultiHeadDotProductAttention(Module):
+    """Multi-head attention with ``query``/``key``/``value``/``out`` projections."""
+
+    def apply(self, inputs_q: jax.Array, inputs_kv: jax.Array | None, num_heads: int,
+              dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
+              qkv_features: int | None = None, out_features: int | None = None,
+              attention_axis: int | Sequence[int] | None = None, causal_mask: bool = False,
+              padding_mask: jax.Array | None = None,
+              key_padding_mask: jax.Array | None = None,
+              segmentation: jax.Array | None = None,
+              key_segmentation: jax.Array | None = None, mask: jax.Array | None = None,
+              decode: bool = False, broadcast_dropout: bool = True,
+              dropout_rng: jax.Array | None = None, dropout_rate: float = 0.0,
+              deterministic: bool = False, precision: Any = None,
+              kernel_init: InitFn = default_kernel_init,
+              bias_init: InitFn = initializers.zeros, bias: bool = True,
+              attention_fn: Callable[..., jax.Array] = dot_product_attention) -> jax.Array:
+        """Projects to ``num_heads`` heads, attends, and projects back.
+
+        Args:
+          inputs_q: ``(batch, q dims..., features)``.
+          inputs_kv: ``(batch, kv dims..., kv_features)``, or None for self-attention.
+          num_heads: number of heads; ``qkv_features`` must be divisible by it.
+          dtype, param_dtype: computation and parameter dtypes.
+          qkv_features: size of the projected q/k/v (default ``features``).
+          out_features: size of the output (default ``inputs_q.shape[-1]``).
+          attention_axis: the attended axes (default: all between batch and features).
+          causal_mask: position i attends only to positions <= i (flattened).
+          padding_mask: ``(batch, q dims...)``, nonzero/True for real positions.
+          key_padding_mask: ``(batch, kv dims...)``; default ``padding_mask``.
+          segmentation, key_segmentation: segment ids; attend only within a segment.
+          mask: any extra boolean mask ``(batch, 1 or heads, q dims..., kv dims...)``.
+          decode: use the autoregressive cache (see the module docstring); in a decoding
+            step the cache mask replaces the causal and padding masks (``mask`` still
+            applies, broadcastable to ``(batch, heads, 1, max_len)``).
+          broadcast_dropout, dropout_rng, dropout_rate, deterministic: attention dropout.
+          precision, kernel_init, bias_init, bias: of the four ``DenseGeneral``s.
+          attention_fn: called as ``attention_fn(q, k, v, dtype=, axis=, bias=,
+            precision=, dropout_rng=, dropout_rate=, broadcast_dropout=,
+            deterministic=)``, with masks turned into an additive ``bias``.
+
+        Returns:
+          ``(batch, q dims..., out_features)`` in ``dtype``. Params: ``query``, ``key``,
+          ``value``: ``{kernel (F, H, D), bias (H, D)}``; ``out``: ``{kernel (H, D,
+          out_features), bias (out_features,)}``. State with ``decode=True``:
+          ``cached_key``/``cached_value`` ``(batch, max_len, H, D)``, ``cache_index`` ().
+        """
+        path = where(self)
+        inputs_q = jnp.asarray(inputs_q)
+        inputs_kv = inputs_q if inputs_kv is None else jnp.asarray(inputs_kv)
+        for name, x in (("inputs_q", inputs_q), ("inputs_kv", inputs_kv)):
+            if x.ndim < 3:
+                raise ShapeError(path, f"{name} rank", "rank >= 3 (batch, dims..., features)",
+                                 f"rank {x.ndim} (shape {x.shape})")
+        nd = inputs_q.ndim
+        if inputs_kv.ndim != nd or inputs_kv.shape[0] != inputs_q.shape[0]:
+            raise ShapeError(path, "inputs_kv shape", f"rank {nd} and batch "
+                             f"{inputs_q.shape[0]} like inputs_q {inputs_q.shape}",
+                             f"{inputs_kv.shape}")
+        axes = (tuple(range(1, nd - 1)) if attention_axis is None
+                else tuple(sorted(a % nd for a in as_tuple(attention_axis))))
+        out_features = out_features or inputs_q.shape[-1]
+        qkv_features = qkv_features or inputs_q.shape[-1]
+        if qkv_features % num_heads:
+            raise LayerArgumentError(path, "qkv_features", f"a multiple of num_heads "
+                                     f"({num_heads})", qkv_features)
+        head_dim = qkv_features // num_heads
+        dense = DenseGeneral.partial(axis=-1, features=(num_heads, head_dim), bias=bias,
+                                     dtype=dtype, param_dtype=param_dtype, precision=precision,
+                                     kernel_init=kernel_init, bias_init=bias_init)
+        query = dense(inputs_q, name="query")
+        key = dense(inputs_kv, name="key")
+        value = dense(inputs_kv, name="value")
+
+        masks: list[jax.Array] = []
+        step = False
+        if decode:
+            key, value, step = self._decode_cache(path, query, key, value, axes, nd)
+            if step:
+                length = key.shape[1]
+                index = self.state("cache_index").value - 1
+                masks.append((jnp.arange(length) <= index).reshape(1, 1, 1, length))
+        if not step:
+            masks += self._masks(path, inputs_q, inputs_kv, axes, causal_mask, padding_mask,
+                                 key_padding_mask, segmentation, key_segmentation)
+        if mask is not None:
+            masks.append(jnp.asarray(mask).astype(jnp.bool_))
+        attn_bias = None
+        if masks:
+            combined = masks[0]
+            for m in masks[1:]:
+                if m.ndim != combined.ndim:
+                    raise ShapeError(path, "attention mask rank", f"rank {combined.ndim}",
+                                     f"mask shape {m.shape}")
+                combined = jnp.logical_and(combined, m)
+            attn_bias = mask_to_bias(combined, dtype)
+        x = attention_fn(query, key, value, dtype=dtype, axis=axes, bias=attn_bias,
+                         precision=precision, dropout_rng=dropout_rng,
+                         dropout_rate=dropout_rate, broadcast_dropout=broadcast_dropout,
+                         deterministic=deterministic)
+        return DenseGeneral(x, features=out_features, axis=(-2, -1), bias=bias, dtype=dtype,
+                            param_dtype=param_dtype, precision=precision,
+                            kernel_init=kernel_init, bias_init=bias_init, name="out")
+
+    def _masks(self, path: str, inputs_q: jax.Array, inputs_kv: jax.Array,
+               axes: tuple[int, ...], causal: bool, padding_mask: Any, key_padding_mask: Any,
+               segmentation: Any, key_segmentation: Any) -> list[jax.Array]:
+        """The boolean ``(batch, 1, q attn..., k attn...)`` masks requested by flags."""
+        nd = inputs_q.ndim
+        wanted = causal or padding_mask is not None or segmentation is not None
+        if wanted and axes != tuple(range(1, nd - 1)):
+            raise LayerArgumentError(path, "attention_axis with masks", "all axes between "
+                                     f"batch and features {tuple(range(1, nd - 1))} when "
+                                     "causal/padding/segmentation masks are used", axes,
+                                     "Pass a full `mask=` instead.")
+        masks = []
+        q_dims, k_dims = inputs_q.shape[1:-1], inputs_kv.shape[1:-1]
+        if causal:
+            if q_dims != k_dims:
+                raise ShapeError(path, "causal mask", f"key dims equal to query dims {q_dims}",
+                                 f"key dims {k_dims}")
+            masks.append(_causal_bias_mask(q_dims))
+        pairs = ((padding_mask, key_padding_mask, False, "padding_mask"),
+                 (segmentation, key_segmentation, True, "segmentation"))
+        for qm, km, seg, name in pairs:
+            if qm is None:
+                continue
+            km = qm if km is None else km
+            for what, m, x in ((name, qm, inputs_q), (f"key_{name}", km, inputs_kv)):
+                m = jnp.asarray(m)
+                shp = m.shape[:-1] if m.ndim == x.ndim and m.shape[-1] == 1 else m.shape
+                if shp != x.shape[:-1]:
+                    raise ShapeError(path, f"{what} shape", f"{x.shape[:-1]} (the input shape "
+                                     f"{x.shape} without features)", f"{m.shape}")
+            masks.append(make_padding_mask(qm, km, jnp.bool_, segmentation_mask=seg))
+        return masks
+
+    def _decode_cache(self, path: str, query: jax.Array, key: jax.Array, value: jax.Array,
+                      axes: tuple[int, ...], nd: int) -> tuple[jax.Array, jax.Array, bool]:
+        """Allocates the cache (first call) or writes one step into it; returns k, v, step."""
+        if nd != 3 or axes != (1,):
+            raise LayerArgumentError(path, "decode=True inputs", "(batch, len, features) "
+                                     "attending over axis 1", f"rank {nd}, axes {axes}")
+        cached_key = self.state("cached_key")
+        if not cached_key.exists():
+            self.state("cached_key", key.shape, lambda _, s: jnp.zeros(s, key.dtype))
+            self.state("cached_value", value.shape, lambda _, s: jnp.zeros(s, value.dtype))
+            self.state("cache_index", (), lambda _, s: jnp.zeros(s, jnp.int32))
+            return key, value, False
+        cached_value = self.state("cached_value")
+        cache_index = self.state("cache_index")
+        ck, cv = cached_key.value, cached_value.value
+        if key.shape[1] != 1 or key.shape[0] != ck.shape[0] or key.shape[2:] != ck.shape[2:]:
+            raise ShapeError(path, "decoding step input", f"one position per step: projected "
+                             f"keys of shape {(ck.shape[0], 1) + ck.shape[2:]} (cache "
+                             f"{ck.shape})", f"{key.shape} (query {query.shape})",
+                             "Feed inputs of shape (batch, 1, features) in decoding steps.")
+        index = jnp.asarray(cache_index.value, jnp.int32)
+        zero = jnp.zeros((), jnp.int32)
+        start = (zero, index, zero, zero)
+        ck = lax.dynamic_update_slice(ck, key.astype(ck.dtype), start)
+        cv = lax.dynamic_update_slice(cv, value.astype(cv.dtype), start)
+        cached_key.value, cached_value.value = ck, cv
+        cache_index.value = index + jnp.ones((), jnp.int32)
+        return ck, cv, True
+
+
+class SelfAttention(MultiHeadDotProductAttention):
+    """``MultiHeadDotProductAttention`` with keys and values from the same input."""
+
+    def apply(self, inputs: jax.Array, num_heads: int, **kwargs: Any) -> jax.Array:  # type: ignore[override]
+        """Self-attention over ``inputs`` ``(batch, dims..., features)``; keyword arguments
+        as in ``MultiHeadDotProductAttention``."""
+        return super().apply(inputs, None, num_heads, **kwargs)

@@ -1,0 +1,202 @@
+"""Attention against a naive NumPy softmax; masks; the decoding cache."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from flaxen import nn
+from flaxen.errors import LayerArgumentError, MissingStateError, ShapeError
+
+
+def _np(x):
+    return np.asarray(jnp.asarray(x, jnp.float32), np.float64)
+
+
+def naive_attention(q, k, v, bias=None):
+    """q (B, Lq, H, D), k (B, Lk, H, D), v (B, Lk, H, Dv), bias (B|1, H|1, Lq, Lk)."""
+    b, lq, h, d = q.shape
+    out = np.zeros((b, lq, h, v.shape[-1]))
+    for bi in range(b):
+        for hi in range(h):
+            logits = q[bi, :, hi] @ k[bi, :, hi].T / np.sqrt(d)
+            if bias is not None:
+                logits = logits + bias[min(bi, bias.shape[0] - 1), min(hi, bias.shape[1] - 1)]
+            w = np.exp(logits - logits.max(-1, keepdims=True))
+            w = w / w.sum(-1, keepdims=True)
+            out[bi, :, hi] = w @ v[bi, :, hi]
+    return out
+
+
+def _qkv(rng, b=2, lq=3, lk=4, h=2, d=3, dv=5):
+    k1, k2, k3 = jax.random.split(rng, 3)
+    return (jax.random.normal(k1, (b, lq, h, d)), jax.random.normal(k2, (b, lk, h, d)),
+            jax.random.normal(k3, (b, lk, h, dv)))
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 5e-2)])
+def test_dot_product_attention_matches_naive(rng, dtype, tol):
+    q, k, v = _qkv(rng)
+    bias = jax.random.normal(rng, (2, 1, 3, 4))
+    fast = nn.dot_product_attention(q, k, v, dtype=dtype, bias=bias)
+    assert fast.dtype == dtype
+    ref = naive_attention(_np(q), _np(k), _np(v), _np(bias))
+    np.testing.assert_allclose(_np(fast), ref, rtol=tol, atol=tol)
+    # The einsum path (forced with a precision) agrees with the jax.nn path.
+    slow = nn.dot_product_attention(q, k, v, dtype=dtype, bias=bias,
+                                    precision=jax.lax.Precision.HIGHEST)
+    np.testing.assert_allclose(_np(slow), ref, rtol=tol, atol=tol)
+
+
+def test_boolean_mask_equals_additive_bias(rng):
+    q, k, v = _qkv(rng)
+    mask = jax.random.bernoulli(rng, 0.7, (2, 2, 3, 4)).at[..., 0].set(True)
+    a = nn.dot_product_attention(q, k, v, mask=mask)
+    b = nn.dot_product_attention(q, k, v, bias=mask)  # bool bias is a mask
+    ref = naive_attention(_np(q), _np(k), _np(v), np.where(np.asarray(mask), 0.0, -1e10))
+    np.testing.assert_allclose(np.asarray(a), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(b), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_two_axis_attention_matches_flattened(rng):
+    # Attention over a 2x3 grid equals 1-D attention over the 6 flattened positions.
+    k1, k2, k3 = jax.random.split(rng, 3)
+    q = jax.random.normal(k1, (1, 2, 3, 2, 4))
+    k = jax.random.normal(k2, (1, 2, 3, 2, 4))
+    v = jax.random.normal(k3, (1, 2, 3, 2, 4))
+    y = nn.dot_product_attention(q, k, v)
+    flat = lambda a: _np(a).reshape(1, 6, 2, 4)
+    ref = naive_attention(flat(q), flat(k), flat(v)).reshape(1, 2, 3, 2, 4)
+    np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=1e-5)
+    # Axis 1 only: axis 2 behaves like batch.
+    y1 = nn.dot_product_attention(q, k, v, axis=(1,))
+    for j in range(3):
+        r = naive_attention(_np(q[:, :, j]), _np(k[:, :, j]), _np(v[:, :, j]))
+        np.testing.assert_allclose(np.asarray(y1[:, :, j]), r, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_dropout_broadcast(rng):
+    q, k, v = _qkv(rng, b=2, lq=4, lk=4)
+    y = nn.dot_product_attention(q, k, v, dropout_rate=0.5, dropout_rng=rng)
+    y0 = nn.dot_product_attention(q, k, v, dropout_rate=0.5, deterministic=True)
+    assert y.shape == y0.shape and not np.allclose(np.asarray(y), np.asarray(y0))
+
+
+def test_attention_grads(rng):
+    q, k, v = _qkv(rng, b=1, lq=2, lk=2, h=1, d=2, dv=2)
+    check_grads(lambda q, k, v: nn.dot_product_attention(q, k, v), (q, k, v), order=1,
+                modes=["rev"], atol=1e-2, rtol=1e-2)
+
+
+def test_attention_shape_errors(rng):
+    q, k, v = _qkv(rng)
+    with pytest.raises(ShapeError, match=r"mask shape \(2, 1, 4, 4\).*|logits shape"):
+        nn.dot_product_attention(q, k, v, mask=jnp.ones((2, 1, 4, 4), bool))
+    with pytest.raises(ShapeError, match=r"\(2, 2, 3, 4\).*mask shape \(2, 3, 4\)"):
+        nn.dot_product_attention(q, k, v, mask=jnp.ones((2, 3, 4), bool))
+    with pytest.raises(ShapeError, match="key and value"):
+        nn.dot_product_attention(q, k, v[:, :3])
+
+
+def test_masks():
+    x = jnp.array([[1, 1, 0]])
+    m = nn.make_attention_mask(x > 0, x > 0)
+    assert m.shape == (1, 1, 3, 3) and m.dtype == jnp.bool_
+    np.testing.assert_array_equal(np.asarray(m[0, 0]), [[1, 1, 0], [1, 1, 0], [0, 0, 0]])
+    c = nn.make_causal_mask(x)
+    np.testing.assert_array_equal(np.asarray(c[0, 0]), np.tril(np.ones((3, 3))))
+    p = nn.make_padding_mask(x[..., None])
+    assert p.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(p), np.asarray(m, np.float32))
+    s = nn.make_padding_mask(jnp.array([[1, 1, 2]]), segmentation_mask=True)
+    np.testing.assert_array_equal(np.asarray(s[0, 0]), [[1, 1, 0], [1, 1, 0], [0, 0, 1]])
+
+
+def _mha_ref(params, xq, xkv, heads, bias=None):
+    p = jax.tree.map(_np, params)
+    proj = lambda x, n: np.einsum("blf,fhd->blhd", _np(x), p[n]["kernel"]) + p[n]["bias"]
+    o = naive_attention(proj(xq, "query"), proj(xkv, "key"), proj(xkv, "value"), bias)
+    return np.einsum("blhd,hdf->blf", o, p["out"]["kernel"]) + p["out"]["bias"]
+
+
+def _randomize(params, rng):
+    leaves, tree = jax.tree.flatten(params)
+    ks = jax.random.split(rng, len(leaves))
+    return jax.tree.unflatten(tree, [jax.random.normal(k, x.shape) * 0.5
+                                     for k, x in zip(ks, leaves)])
+
+
+def test_multi_head_attention_matches_reference(rng):
+    xq = jax.random.normal(rng, (2, 3, 4))
+    xkv = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 6))
+    y, params = nn.MultiHeadDotProductAttention.init(rng, xq, xkv, num_heads=2,
+                                                     qkv_features=8, out_features=3)
+    shapes = jax.tree.map(jnp.shape, params)
+    assert shapes == {"query": {"kernel": (4, 2, 4), "bias": (2, 4)},
+                      "key": {"kernel": (6, 2, 4), "bias": (2, 4)},
+                      "value": {"kernel": (6, 2, 4), "bias": (2, 4)},
+                      "out": {"kernel": (2, 4, 3), "bias": (3,)}}
+    params = _randomize(params, rng)
+    y = nn.MultiHeadDotProductAttention.call(params, xq, xkv, num_heads=2, qkv_features=8,
+                                             out_features=3)
+    np.testing.assert_allclose(np.asarray(y), _mha_ref(params, xq, xkv, 2), rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_self_attention_masks(rng):
+    x = jax.random.normal(rng, (2, 4, 4))
+    pad = jnp.array([[1, 1, 1, 0], [1, 1, 0, 0]], jnp.bool_)
+    _, params = nn.SelfAttention.init(rng, x, num_heads=2)
+    params = _randomize(params, rng)
+    y = nn.SelfAttention.call(params, x, num_heads=2, causal_mask=True, padding_mask=pad)
+    allowed = np.tril(np.ones((4, 4), bool))[None] & np.asarray(pad)[:, :, None] & \
+        np.asarray(pad)[:, None, :]
+    bias = np.where(allowed, 0.0, -1e10)[:, None]
+    ref = _mha_ref(params, x, x, 2, bias)
+    valid = np.asarray(pad)
+    np.testing.assert_allclose(np.asarray(y)[valid], ref[valid], rtol=1e-4, atol=1e-4)
+
+
+def test_mask_of_wrong_shape_names_path(rng):
+    class Net(nn.Module):
+        def apply(self, x, pad):
+            return nn.SelfAttention(x, num_heads=1, padding_mask=pad)
+
+    x = jnp.ones((2, 4, 2))
+    with pytest.raises(ShapeError, match=r"Net/SelfAttention_0.*\(2, 4\).*\(2, 5\)"):
+        Net.init(rng, x, jnp.ones((2, 5), bool))
+    with pytest.raises(LayerArgumentError, match="qkv_features"):
+        nn.SelfAttention.init(rng, x, num_heads=3)
+
+
+class Decoder(nn.Module):
+    def apply(self, x, decode=False):
+        h = nn.Dense(x, features=4)
+        h = nn.SelfAttention(h, num_heads=2, causal_mask=True, decode=decode)
+        return nn.SelfAttention(h, num_heads=2, causal_mask=True, decode=decode)
+
+
+def test_decoding_with_cache_equals_full_causal_pass(rng):
+    x = jax.random.normal(rng, (2, 5, 3))
+    full, params = Decoder.init(rng, x)
+    _, cache = Decoder.call_with_state(params, None, jnp.zeros_like(x), decode=True)
+    assert cache["/SelfAttention_1"]["cached_key"].shape == (2, 5, 2, 2)
+    step = jax.jit(lambda c, xt: Decoder.call_with_state(params, c, xt, decode=True))
+    outs = []
+    for t in range(5):
+        y_t, cache = step(cache, x[:, t:t + 1])
+        outs.append(y_t)
+    np.testing.assert_allclose(np.concatenate(outs, 1), np.asarray(full), rtol=1e-5,
+                               atol=1e-5)
+    assert int(cache["/SelfAttention_2"]["cache_index"]) == 5
+
+
+def test_decoding_errors(rng):
+    x = jnp.ones((1, 4, 3))
+    _, params = Decoder.init(rng, x)
+    with pytest.raises(MissingStateError):
+        Decoder.call(params, x, decode=True)
+    _, cache = Decoder.call_with_state(params, None, x, decode=True)
+    with pytest.raises(ShapeError, match=r"Decoder/SelfAttention_1.*one position"):
+        Decoder.call_with_state(params, cache, x[:, :2], decode=True)
