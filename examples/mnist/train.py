@@ -90,6 +90,7 @@ flags.DEFINE_bool(
 EVAL_BATCH_SIZE = 1000
 
 
+@jax.jit  # one compiled program instead of many small eager initialisers
 def create_model(key):
   _, model = models.CNN.create_by_shape(key, [((1, 28, 28, 1), jnp.float32)])
   return model
