@@ -1,0 +1,1 @@
+"""Benchmarks: flaxen against plain JAX and peer libraries. Run ``python -m benchmarks``."""

@@ -1,0 +1,241 @@
+"""Timing harness: interleaved repeats, medians, spreads, paired ratios, and reports.
+
+Every benchmark hands the harness a few *implementations* of the same workload (plain JAX,
+flaxen, the peers). Each implementation is a ``run(n)`` closure that performs ``n`` steps
+and blocks until the device is done. The harness warms every closure up, then runs the
+repeats *interleaved*: in each round every implementation runs once, in a rotated order, so
+a burst of load from other processes hits all of them alike. The ratio against the
+baseline is the median of the per-round ratios (paired), which is far less noisy on a
+shared machine than the ratio of two medians.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+RunFn = Callable[[int], None]
+
+
+@dataclasses.dataclass
+class Row:
+    """One line of the results table.
+
+    Attributes:
+      bench: the benchmark's name (``mlp``, ``mnist_cnn``, ...).
+      impl: the implementation (``plain JAX``, ``flaxen``, ``Flax Linen``, ...).
+      metric: what was measured (``step time``, ``compile time``, ``peak memory``, ...).
+      unit: the unit of ``median`` (``us``, ``s``, ``MiB``, ``images/s``, ...).
+      median: the median over repeats.
+      spread: relative spread, (p75 - p25) / median, over repeats (0 for one-shot values).
+      ratio: this implementation against the baseline (``plain JAX``) for the same metric;
+        for times and memory lower is better, for throughputs it is baseline / this, so a
+        ratio above 1 always means "slower or bigger than plain JAX".
+      repeats: how many repeats the median is over.
+      note: anything a reader must know (skipped, why; what a variant isolates).
+    """
+
+    bench: str
+    impl: str
+    metric: str
+    unit: str
+    median: float | None
+    spread: float = 0.0
+    ratio: float | None = None
+    repeats: int = 1
+    note: str = ""
+
+
+def _quantile(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    pos = q * (len(s) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def spread(xs: list[float]) -> float:
+    """The interquartile range relative to the median (0.0 for fewer than 2 samples)."""
+    if len(xs) < 2:
+        return 0.0
+    med = statistics.median(xs)
+    return (_quantile(xs, 0.75) - _quantile(xs, 0.25)) / med if med else 0.0
+
+
+def _timed(run: RunFn, n: int) -> float:
+    start = time.perf_counter()
+    run(n)
+    return time.perf_counter() - start
+
+
+def calibrate(run: RunFn, target_s: float, max_steps: int = 100_000) -> int:
+    """Steps per repeat so that one repeat of ``run`` lasts about ``target_s`` seconds."""
+    n = 1
+    while True:
+        t = _timed(run, n)
+        if t >= target_s / 4 or n >= max_steps:
+            return max(1, min(max_steps, round(n * target_s / max(t, 1e-9))))
+        n *= 4
+
+
+def interleaved(impls: dict[str, RunFn], repeats: int, target_s: float,
+                warmup: int = 2, baseline: str | None = None) -> dict[str, list[float]]:
+    """Seconds per step of each implementation, one list entry per round.
+
+    Args:
+      impls: name -> ``run(n)``; each must block until its ``n`` steps are done.
+      repeats: the number of rounds.
+      target_s: about how long one implementation's repeat lasts (sets steps per repeat,
+        the same for all implementations, calibrated on ``baseline``).
+      warmup: untimed calls of ``run(1)`` per implementation (the first one compiles).
+      baseline: the implementation used to calibrate; the first one if None.
+
+    Returns:
+      name -> list of ``repeats`` per-step times in seconds, round by round.
+    """
+    names = list(impls)
+    for name in names:
+        for _ in range(warmup):
+            impls[name](1)
+    base = baseline if baseline is not None else names[0]
+    steps = calibrate(impls[base], target_s)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            times[name].append(_timed(impls[name], steps) / steps)
+    return times
+
+
+def paired_ratios(times: dict[str, list[float]], baseline: str) -> dict[str, float]:
+    """Median over rounds of ``times[name][r] / times[baseline][r]``."""
+    base = times[baseline]
+    return {name: statistics.median(t / b for t, b in zip(ts, base))
+            for name, ts in times.items()}
+
+
+def rows_from_times(bench: str, times: dict[str, list[float]], baseline: str,
+                    metric: str = "step time", unit: str = "us",
+                    notes: dict[str, str] | None = None,
+                    throughput_items: int | None = None,
+                    throughput_unit: str = "items/s") -> list[Row]:
+    """Table rows for interleaved step times (and, if asked, the throughput they imply)."""
+    notes = notes or {}
+    ratios = paired_ratios(times, baseline) if baseline in times else {}
+    scale = {"us": 1e6, "ms": 1e3, "s": 1.0}[unit]
+    rows = []
+    for name, ts in times.items():
+        rows.append(Row(bench, name, metric, unit, statistics.median(ts) * scale, spread(ts),
+                        ratios.get(name), len(ts), notes.get(name, "")))
+        if throughput_items is not None:
+            tp = [throughput_items / t for t in ts]
+            rows.append(Row(bench, name, "throughput", throughput_unit, statistics.median(tp),
+                            spread(tp), ratios.get(name), len(ts), ""))
+    return rows
+
+
+def one_shot(fn: Callable[[], Any], repeats: int) -> list[float]:
+    """Seconds taken by each of ``repeats`` fresh calls of ``fn`` (no warm-up: each call
+    must redo its work, e.g. trace or compile from scratch)."""
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def interleaved_one_shot(fns: dict[str, Callable[[], Any]],
+                         repeats: int) -> dict[str, list[float]]:
+    """Seconds of fresh calls of each ``fns[name]``, interleaved round by round (rotated
+    order), for work that cannot be warmed up: tracing, compiling, initialising."""
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times[name] += one_shot(fns[name], 1)
+    return times
+
+
+def load() -> tuple[float, float, float]:
+    """The 1, 5 and 15 minute load averages (zeros where the OS has none)."""
+    try:
+        return os.getloadavg()
+    except OSError:
+        return (0.0, 0.0, 0.0)
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers came from: CPU, cores, Python, JAX, and the peers' versions."""
+    import jax
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    versions = {"jax": jax.__version__}
+    for mod in ("jaxlib", "optax", "flax", "equinox", "haiku"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:  # a missing or broken peer is just not listed
+            pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "backend": jax.default_backend(),
+            "devices": len(jax.devices()), "versions": versions}
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    if x is None:
+        return "n/a"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}g}"
+
+
+def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
+    """The results as Markdown: a header with machine, load and command, then one table."""
+    m = meta["machine"]
+    lines = [
+        f"Command: `{meta['command']}`  ",
+        f"Date: {meta['date']}  ",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['backend']} backend, "
+        f"Python {m['python']}, " + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+        + "  ",
+        "Load average (1/5/15 min) before: " + " / ".join(f"{x:.2f}" for x in meta["load_before"])
+        + ", after: " + " / ".join(f"{x:.2f}" for x in meta["load_after"]),
+        "",
+        "Ratio = this / plain JAX, paired round by round (> 1: slower or bigger; for "
+        "throughput it is plain / this). Spread = interquartile range / median.",
+        "",
+        "| benchmark | implementation | metric | median | unit | spread | ratio vs plain JAX "
+        "| n | note |",
+        "|---|---|---|---:|---|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        ratio = "n/a" if r.ratio is None else f"{r.ratio:.3f}"
+        lines.append(f"| {r.bench} | {r.impl} | {r.metric} | {_fmt(r.median)} | {r.unit} | "
+                     f"{r.spread:.1%} | {ratio} | {r.repeats} | {r.note} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(rows: list[Row], meta: dict[str, Any], out_dir: str, stem: str) -> tuple[str, str]:
+    """Writes ``<stem>.json`` and ``<stem>.md`` to ``out_dir``; returns both paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    json_path = os.path.join(out_dir, stem + ".json")
+    md_path = os.path.join(out_dir, stem + ".md")
+    with open(json_path, "w") as f:
+        json.dump({"meta": meta, "rows": [dataclasses.asdict(r) for r in rows]}, f, indent=1)
+    with open(md_path, "w") as f:
+        f.write(markdown(rows, meta))
+    return json_path, md_path

@@ -1,0 +1,127 @@
+"""Benchmark 4: Transformer LM train step (the lm1b example's model, small): tokens/s.
+
+A decoder-only, pre-LayerNorm Transformer with learned positions and tied embeddings
+(``examples/lm1b/models.py``), vocabulary 256, width 128, 4 heads, 4 layers (2 in quick
+mode), MLP 512, batch 16 x 64 tokens, float32, momentum SGD on next-token cross-entropy.
+The plain-JAX version is the same architecture written by hand.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks.common import (
+    BETA,
+    LEARNING_RATE,
+    Skip,
+    carry_loop,
+    load_example,
+    momentum_update,
+)
+from benchmarks.harness import Row, interleaved, rows_from_times
+
+VOCAB, WIDTH, HEADS, MLP, LENGTH, BATCH = 256, 128, 4, 512, 64, 16
+BASELINE = "plain JAX"
+
+
+def next_token_loss(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+    """Mean cross-entropy of predicting ``tokens[:, 1:]`` from ``logits[:, :-1]``."""
+    logp = jax.nn.log_softmax(logits[:, :-1])
+    return -jnp.mean(jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1))
+
+
+def plain_init(key: jax.Array, layers: int) -> dict[str, Any]:
+    keys = iter(jax.random.split(key, 2 + 6 * layers))
+    normal = lambda shape: jax.random.normal(next(keys), shape) * 0.02
+    ln = lambda: {"scale": jnp.ones((WIDTH,)), "bias": jnp.zeros((WIDTH,))}
+    dense = lambda a, b: {"kernel": normal((a, b)), "bias": jnp.zeros((b,))}
+    params: dict[str, Any] = {"embed": normal((VOCAB, WIDTH)), "pos": normal((LENGTH, WIDTH)),
+                              "ln_final": ln()}
+    for i in range(layers):
+        params[f"block_{i}"] = {
+            "ln_attn": ln(), "ln_mlp": ln(),
+            **{n: dense(WIDTH, WIDTH) for n in ("query", "key", "value", "out")},
+            "mlp_in": dense(WIDTH, MLP), "mlp_out": dense(MLP, WIDTH)}
+    return params
+
+
+def _ln(p: dict, x: jax.Array) -> jax.Array:
+    mean = jnp.mean(x, -1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), -1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + 1e-6) * p["scale"] + p["bias"]
+
+
+def _dense(p: dict, x: jax.Array) -> jax.Array:
+    return x @ p["kernel"] + p["bias"]
+
+
+def plain_apply(params: dict, tokens: jax.Array, layers: int) -> jax.Array:
+    """Logits ``[batch, length, VOCAB]`` float32."""
+    b, n = tokens.shape
+    x = params["embed"][tokens] + params["pos"][None, :n]
+    mask = jnp.tril(jnp.ones((n, n), bool))
+    for i in range(layers):
+        p = params[f"block_{i}"]
+        h = _ln(p["ln_attn"], x)
+        q, k, v = (_dense(p[name], h).reshape(b, n, HEADS, WIDTH // HEADS)
+                   for name in ("query", "key", "value"))
+        s = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(float(WIDTH // HEADS))
+        s = jnp.where(mask, s, jnp.finfo(s.dtype).min)
+        h = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(s), v).reshape(b, n, WIDTH)
+        x = x + _dense(p["out"], h)
+        h = _ln(p["ln_mlp"], x)
+        x = x + _dense(p["mlp_out"], jax.nn.gelu(_dense(p["mlp_in"], h)))
+    return _ln(params["ln_final"], x) @ params["embed"].T
+
+
+def plain(tokens: jax.Array, layers: int) -> Any:
+    params = plain_init(jax.random.PRNGKey(0), layers)
+    mom = jax.tree.map(jnp.zeros_like, params)
+
+    @jax.jit
+    def step(state, tokens):
+        params, mom = state
+        grads = jax.grad(lambda p: next_token_loss(plain_apply(p, tokens, layers), tokens))(
+            params)
+        return momentum_update(params, mom, grads)
+
+    return carry_loop(step, (params, mom), tokens)
+
+
+def flaxen(tokens: jax.Array, layers: int) -> Any:
+    from flaxen import optim
+
+    ex = load_example("lm1b")
+    config = ex.LMConfig(vocab_size=VOCAB, emb_dim=WIDTH, num_heads=HEADS, num_layers=layers,
+                         mlp_dim=MLP, max_len=LENGTH)
+    _, model = ex.TransformerLM.partial(config=config).create(jax.random.PRNGKey(0), tokens)
+    optimizer = optim.Momentum(learning_rate=LEARNING_RATE, beta=BETA).create(model)
+
+    @jax.jit
+    def step(optimizer, tokens):
+        grads = jax.grad(lambda model: next_token_loss(model(tokens), tokens))(
+            optimizer.target)
+        return optimizer.apply_gradient(grads)
+
+    return carry_loop(step, optimizer, tokens)
+
+
+def run(quick: bool, peers: bool = True) -> list[Row]:
+    """Tokens per second of the train step, plain JAX against flaxen, interleaved."""
+    layers = 2 if quick else 4
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (BATCH, LENGTH), 0, VOCAB)
+    runs = {BASELINE: plain(tokens, layers)}
+    rows: list[Row] = []
+    bench = f"Transformer LM step ({layers} layers)"
+    try:
+        runs["flaxen (Optimizer)"] = flaxen(tokens, layers)
+    except Skip as e:
+        rows.append(Row(bench, "flaxen (Optimizer)", "throughput", "tokens/s", None,
+                        note=f"skipped: {e}"))
+    times = interleaved(runs, repeats=5 if quick else 15, target_s=0.3 if quick else 1.0,
+                        warmup=2, baseline=BASELINE)
+    return rows_from_times(bench, times, BASELINE, unit="ms", throughput_items=BATCH * LENGTH,
+                           throughput_unit="tokens/s") + rows

@@ -1,0 +1,148 @@
+"""Benchmark 3: ResNet-50 (batch 8, 224x224) train step with BatchNorm state.
+
+Measures, for plain JAX, flaxen (the ImageNet example's model) and Flax Linen:
+- trace and lower: ``jax.jit(step).trace(*args).lower()`` of a fresh function (no cache);
+- compile: ``lowered.compile()``;
+- peak memory of the compiled step: ``memory_analysis()`` arguments + outputs + temporaries
+  - aliased bytes (what XLA plans to hold at once; nothing is donated);
+- parameter creation: flaxen ``init_by_shape`` (from shapes), and each library's init under
+  ``jax.jit`` (fresh each time, so it includes compilation, as a user experiences it);
+- that ``init_by_shape`` spends no FLOPs: XLA's cost analysis of the compiled init at batch
+  1 and at the benchmark batch, against the forward pass.
+Quick mode uses a reduced ResNet (one bottleneck block per stage, batch 2, 64x64) with the
+same code paths, so CI stays fast; its numbers are labelled.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks import resnet_models as rm
+from benchmarks.common import Skip
+from benchmarks.harness import Row, interleaved_one_shot, rows_from_times
+
+BASELINE = "plain JAX"
+
+
+def _peak_bytes(compiled: Any) -> float | None:
+    m = compiled.memory_analysis()
+    if m is None:
+        return None
+    return float(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+                 - m.alias_size_in_bytes)
+
+
+def _flops(compiled: Any) -> float:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", 0.0))
+
+
+def _trace_lower(step: Any, args: tuple) -> Any:
+    fresh = functools.wraps(step)(lambda *a: step(*a))  # a new function: no tracing cache hit
+    return jax.jit(fresh).trace(*args).lower()
+
+
+def _init_by_shape_flops(stages: tuple[int, ...], image: int, batch: int) -> list[Row]:
+    """Cost-analysis FLOPs of flaxen init_by_shape at batch 1 and ``batch``, and forward."""
+    from flaxen import nn
+
+    model_def = rm.flaxen_module(stages)
+    key = jax.random.PRNGKey(0)
+
+    def init_flops(b: int) -> float:
+        def f(k):
+            with nn.stateful():
+                return model_def.init_by_shape(k, [((b, image, image, 3), jnp.float32)])[1]
+        return _flops(jax.jit(f).lower(key).compile())
+
+    x = jnp.zeros((batch, image, image, 3))
+    with nn.stateful() as state:
+        _, params = model_def.init_by_shape(key, [(x.shape, x.dtype)])
+    fwd = jax.jit(lambda p, s, x: model_def.call_with_state(p, s, x)[0])
+    fwd_flops = _flops(fwd.lower(params, state, x).compile())
+    one, full = init_flops(1), init_flops(batch)
+    note = (f"init_by_shape FLOPs batch 1: {one:.3g}, batch {batch}: {full:.3g}; "
+            "ratio = init / forward")
+    return [Row("ResNet init FLOPs", "flaxen", "init_by_shape FLOPs", "GFLOP", full / 1e9,
+                ratio=full / fwd_flops if fwd_flops else None, note=note),
+            Row("ResNet init FLOPs", "flaxen", "forward FLOPs", "GFLOP", fwd_flops / 1e9,
+                note=f"batch {batch}")]
+
+
+def run(quick: bool, peers: bool = True) -> list[Row]:
+    """Trace/lower, compile, init and peak-memory rows for every implementation."""
+    stages, image, batch = ((1, 1, 1, 1), 64, 2) if quick else (rm.STAGES, 224, 8)
+    bench = ("ResNet (quick: 1 block/stage, b2, 64px)" if quick
+             else "ResNet-50 (b8, 224px)")
+    reps = dict(trace=3, compile=1, init=1) if quick else dict(trace=5, compile=3, init=3)
+    x = jnp.zeros((batch, image, image, 3))
+    y = jnp.zeros((batch,), jnp.int32)
+    setups: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    for name, make in rm.SETUPS.items():
+        if name in rm.PEERS and not peers:
+            continue
+        try:
+            setups[name] = make(x, y, stages)
+        except Skip as e:
+            skipped[name] = f"skipped: {e}"
+        except Exception as e:
+            if name not in rm.PEERS:
+                raise
+            skipped[name] = f"skipped: {type(e).__name__}: {e}"[:200]
+
+    rows: list[Row] = []
+    lowered: dict[str, Any] = {}
+
+    def trace(name: str) -> None:
+        jax.clear_caches()
+        step, args, _ = setups[name]
+        lowered[name] = _trace_lower(step, args)
+
+    def compile_(name: str) -> None:
+        jax.clear_caches()
+        compiled[name] = lowered[name].compile()
+
+    def init(name: str) -> None:
+        jax.clear_caches()
+        fn = setups[name][2]
+        jax.block_until_ready(jax.jit(lambda k: fn(k))(jax.random.PRNGKey(1)))
+
+    compiled: dict[str, Any] = {}
+    t = interleaved_one_shot({n: functools.partial(trace, n) for n in setups}, reps["trace"])
+    rows += rows_from_times(bench, t, BASELINE, "trace+lower", "s")
+    t = interleaved_one_shot({n: functools.partial(compile_, n) for n in setups},
+                             reps["compile"])
+    rows += rows_from_times(bench, t, BASELINE, "compile", "s")
+    mem = {n: _peak_bytes(c) for n, c in compiled.items()}
+    for n, b in mem.items():
+        base = mem.get(BASELINE)
+        rows.append(Row(bench, n, "peak memory (step)", "MiB",
+                        None if b is None else b / 2**20,
+                        ratio=b / base if b is not None and base else None))
+    fns = {n: functools.partial(init, n) for n in setups}
+    if "flaxen" in setups:
+        from flaxen import nn
+
+        model_def = rm.flaxen_module(stages)
+
+        def by_shape() -> None:
+            jax.clear_caches()
+            with nn.stateful():
+                _, p = model_def.init_by_shape(jax.random.PRNGKey(1), [(x.shape, x.dtype)])
+            jax.block_until_ready(p)
+
+        fns["flaxen init_by_shape"] = by_shape
+    t = interleaved_one_shot(fns, reps["init"])
+    rows += rows_from_times(bench, t, BASELINE, "init (jit, incl. compile)", "s",
+                            notes={"flaxen init_by_shape": "from shapes, no FLOPs on inputs"})
+    rows += [Row(bench, n, "trace+lower", "s", None, note=note) for n, note in skipped.items()]
+    if "flaxen" in setups:
+        rows += _init_by_shape_flops(stages, image, batch)
+    return rows
