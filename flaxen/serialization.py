@@ -20,6 +20,7 @@ The byte format (version ``FORMAT_VERSION``) is described in ``docs/checkpoints.
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import threading
 from collections.abc import Callable
@@ -349,16 +350,22 @@ def _prepare(x: Any, depth: int = 0) -> Any:
 
 def _chunked(x: np.ndarray) -> dict[str, Any]:
     flat = np.ascontiguousarray(x).reshape(-1).view(np.uint8)
-    chunks = [flat[i:i + _MAX_CHUNK_BYTES].tobytes()
+    chunks = [memoryview(flat[i:i + _MAX_CHUNK_BYTES])  # packed as bin, without a copy
               for i in range(0, flat.size, _MAX_CHUNK_BYTES)]
     return {_CHUNKED_KEY: [list(x.shape), _dtype_name(x.dtype)], "chunks": chunks}
 
 
+def _array_payload(x: np.ndarray) -> bytes:
+    """msgpack ``[shape, dtype name, bin]``, built with a single copy of the array's bytes."""
+    head = msgpack.packb(list(x.shape)) + msgpack.packb(_dtype_name(x.dtype))
+    raw = np.ascontiguousarray(x).reshape(-1).view(np.uint8)
+    # bin 32 header (0xc6 + big-endian length): valid msgpack for any length below 4 GiB.
+    return b"".join([b"\x93", head, b"\xc6", raw.size.to_bytes(4, "big"), memoryview(raw)])
+
+
 def _ext_pack(x: Any) -> msgpack.ExtType:
     if isinstance(x, np.ndarray):
-        data = np.ascontiguousarray(x).tobytes()
-        payload = msgpack.packb([list(x.shape), _dtype_name(x.dtype), data])
-        return msgpack.ExtType(_EXT_NDARRAY, payload)
+        return msgpack.ExtType(_EXT_NDARRAY, _array_payload(x))
     if isinstance(x, np.generic):
         payload = msgpack.packb([_dtype_name(x.dtype), x.tobytes()])
         return msgpack.ExtType(_EXT_NPSCALAR, payload)
@@ -409,7 +416,7 @@ def _check_dtype(name: Any) -> np.dtype:
 def _array_from(shape: Any, dtype_name: Any, data: Any) -> np.ndarray:
     shape = _check_int_list("shape", shape)
     dtype = _check_dtype(dtype_name)
-    if not isinstance(data, bytes):
+    if not isinstance(data, bytes | memoryview):
         raise SerializationError("Damaged data: array contents are not bytes.")
     expected = math.prod(shape) * dtype.itemsize
     if expected != len(data):
@@ -420,16 +427,40 @@ def _array_from(shape: Any, dtype_name: Any, data: Any) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
+_BIN_HEADERS = {0xC4: 1, 0xC5: 2, 0xC6: 4}  # msgpack bin 8/16/32: bytes of the length
+
+
+def _array_record(payload: bytes) -> np.ndarray:
+    """Decodes ``[shape, dtype name, bin]``; the array views ``payload`` (no copy)."""
+    not_record = "Damaged data: an array record is not (shape, dtype, data)."
+    unpacker = msgpack.Unpacker(io.BytesIO(payload), raw=False, read_size=256,
+                                max_buffer_size=max(len(payload), 256))
+    try:
+        if unpacker.read_array_header() != 3:
+            raise SerializationError(not_record)
+        shape, dtype_name = unpacker.unpack(), unpacker.unpack()
+    except (ValueError, TypeError, msgpack.UnpackException, StopIteration) as e:
+        if isinstance(e, SerializationError):
+            raise
+        raise SerializationError(not_record) from e
+    pos = unpacker.tell()
+    size_bytes = _BIN_HEADERS.get(payload[pos] if pos < len(payload) else -1)
+    if size_bytes is None:
+        raise SerializationError(not_record)
+    start = pos + 1 + size_bytes
+    length = int.from_bytes(payload[pos + 1:start], "big")
+    if start + length != len(payload):
+        raise SerializationError("Damaged data: an array record's length does not match.")
+    return _array_from(shape, dtype_name, memoryview(payload)[start:])
+
+
 def _unpack_small(payload: bytes) -> Any:
     return msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
 
 
 def _ext_hook(code: int, payload: bytes) -> Any:
     if code == _EXT_NDARRAY:
-        parts = _unpack_small(payload)
-        if not isinstance(parts, list) or len(parts) != 3:
-            raise SerializationError("Damaged data: an array record is not (shape, dtype, data).")
-        return _array_from(*parts)
+        return _array_record(payload)
     if code == _EXT_NPSCALAR:
         parts = _unpack_small(payload)
         if not isinstance(parts, list) or len(parts) != 2:
