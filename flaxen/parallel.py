@@ -12,7 +12,7 @@ Example:
     >>> params = parallel.replicate({"w": jnp.ones(3)})
     >>> batch = parallel.shard_batch(jnp.ones((len(jax.devices()) * 2, 3)))
     >>> batch.sharding.spec
-    PartitionSpec('batch',)
+    P('batch',)
 
 With several processes (``jax.distributed.initialize``), ``default_mesh`` spans every
 process's devices and ``shard_batch`` takes each process's *local* part of the batch.
