@@ -11,8 +11,8 @@ Class ``i`` is the ``i``-th class folder of ``train`` in sorted order, so the la
 The host yields ``uint8`` batches (a quarter of the bytes of float32); the jitted step
 normalises them on the device with ``normalize``. Decoding runs on a pool of threads
 (Pillow releases the GIL while it decodes and resizes), batches are assembled by a
-background thread, and ``prefetch`` keeps a couple of batches already placed on the
-devices, so the accelerator does not wait for the host.
+background thread (``background``), and ``flaxen.jax_utils.prefetch_to_device`` keeps a
+couple of batches already placed on the devices, so the accelerator does not wait.
 
 Augmentation is deterministic: image ``i`` of epoch ``e`` draws its crop and flip from
 ``numpy.random.default_rng((seed, e, i))``, so a run is reproducible whatever the number
@@ -520,15 +520,3 @@ def background(iterator: Iterator[Any], size: int = 2) -> Iterator[Any]:
     finally:
         stop.set()
         thread.join(timeout=5)
-
-
-def prefetch(iterator: Iterator[Any], put: Callable[[Any], Any], size: int = 2) -> Iterator[Any]:
-    """Keeps ``size`` items already transferred by ``put`` (e.g. a device_put onto a
-    sharding); ``device_put`` is asynchronous, so the copies overlap with computation."""
-    buffer: collections.deque = collections.deque()
-    for item in iterator:
-        buffer.append(put(item))
-        if len(buffer) > size:
-            yield buffer.popleft()
-    while buffer:
-        yield buffer.popleft()

@@ -1,0 +1,442 @@
+"""ResNet on ImageNet (or any image folder, or Fashion-MNIST), data-parallel with jax.jit.
+
+    python -m examples.imagenet.train --data_dir=/data/imagenet --model_dir=/tmp/resnet50
+
+Defaults reproduce the standard 90-epoch ResNet-50 recipe (expected top-1 about 76%): SGD
+with Nesterov momentum 0.9, weight decay 1e-4, learning rate 0.1 per 256 images scaled
+linearly with the batch size, 5 epochs of linear warm-up then cosine decay, 224x224 random
+resized crops with flips. See README.md for layouts, commands and expected numbers.
+
+Data parallelism: the optimizer and the BatchNorm statistics are replicated on every local
+device (``optimizer.replicate()``), each batch is split along the device mesh, and one
+``jax.jit`` step runs on all devices. Gradients and BatchNorm batch statistics are computed
+over the global batch, so the running averages are identical on every device: nothing to
+average before evaluating or checkpointing.
+
+Everything goes to ``--model_dir``: ``checkpoints/`` (one per epoch), ``tensorboard/``,
+``metrics.jsonl`` (one line per log step and per epoch) and ``curves.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from jax.sharding import Mesh
+from tqdm import tqdm
+
+from flaxen import jax_utils, metrics, nn, optim, parallel
+from flaxen.optim import schedules
+from flaxen.training import checkpoints
+
+try:  # as part of the repository (tests, `python -m examples.imagenet.train`)
+    from examples.imagenet import input_pipeline, models
+except ImportError:  # as a script in a forked copy: `python train.py`
+    import input_pipeline  # type: ignore[no-redef]
+    import models  # type: ignore[no-redef]
+
+
+@dataclasses.dataclass
+class Config:
+    """Every hyper-parameter; the defaults are the 90-epoch ResNet-50 recipe."""
+
+    dataset: str = "imagenet"  # imagenet (any image folder) | fashion_mnist
+    data_dir: str = ""  # holds train/ and val/ (imagenet) or the IDX files
+    model: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101 | resnet152
+    num_filters: int = 64  # width of the first stage
+    small_inputs: bool = False  # 3x3 stem, no max-pool (28x28 / 32x32 images)
+    zero_init_last_bn: bool = True  # last BN scale of each block starts at zero
+    half_precision: bool = False  # bfloat16 compute, float32 params and statistics
+    image_size: int = 224
+    batch_size: int = 256  # global, over all devices
+    learning_rate: float = 0.1  # per 256 images; scaled by batch_size / 256
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.0
+    num_epochs: float = 90.0
+    warmup_epochs: float = 5.0
+    num_train_steps: int = -1  # > 0: stop after this many steps (schedule fits them)
+    eval_batch_size: int = 256
+    max_eval_batches: int = -1  # > 0: evaluate on only this many batches
+    num_devices: int = 0  # 0: all local devices
+    num_workers: int = 0  # decoding threads; 0: cpu_count + 4
+    seed: int = 0
+    rng_impl: str = "threefry2x32"  # PRNG for init (rbg compiles faster)
+    log_every_steps: int = 100
+    checkpoint_keep: int = 3
+    resume: bool = True  # continue from the latest checkpoint in model_dir
+    progress: bool = True  # tqdm progress bars
+    plot: bool = True  # curves.png at the end
+
+
+HELP = {
+    "dataset": "imagenet (ImageNet or any folder of train/<class>/*, val/<class>/*) or "
+               "fashion_mnist (IDX files).",
+    "data_dir": "Dataset root; for fashion_mnist defaults to /usr/share/datasets/fashion-mnist.",
+    "learning_rate": "Base learning rate for a batch of 256; the peak is lr * batch_size / 256.",
+    "num_train_steps": "If > 0, train this many steps in total (the schedule spans them).",
+    "resume": "Resume from the latest checkpoint in --model_dir (if there is one).",
+}
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+# -- Losses and metrics -------------------------------------------------------------------
+
+
+def cross_entropy(log_probs: jax.Array, labels: jax.Array, num_classes: int,
+                  label_smoothing: float = 0.0) -> jax.Array:
+    """Per-example cross-entropy ``[B]`` against smoothed one-hot targets (float32)."""
+    targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+    if label_smoothing > 0:
+        on = jnp.float32(1.0 - label_smoothing)
+        targets = targets * on + jnp.float32(label_smoothing / num_classes)
+    return -jnp.sum(targets * log_probs, axis=-1)
+
+
+def topk_correct(log_probs: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+    """``[B]`` float32: 1 where the label is among the ``k`` highest scores."""
+    k = min(k, log_probs.shape[-1])
+    _, top = jax.lax.top_k(log_probs, k)
+    return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+# -- Steps ---------------------------------------------------------------------------------
+
+
+def lr_schedule_args(config: Config, steps_per_epoch: int,
+                     total_steps: int) -> tuple[float, int, int]:
+    """``(peak, warmup_steps, decay_steps)``: peak ``lr * batch / 256``, warm-up for
+    ``warmup_epochs``, cosine decay to zero at ``total_steps``."""
+    peak = config.learning_rate * config.batch_size / 256
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    warmup = min(warmup, max(total_steps - 1, 0))
+    return peak, warmup, max(total_steps, warmup + 1)
+
+
+# The jitted functions are cached on their (hashable) settings, so a second run in the
+# same process with the same settings (a test, a notebook) does not compile again. The
+# model class is part of the key: the steps get it from the Model they are passed.
+
+
+@functools.lru_cache(maxsize=8)
+def jitted_init(model_def: Any) -> Any:
+    return jax.jit(model_def.init_with_state)
+
+
+@functools.lru_cache(maxsize=8)
+def jitted_train_step(model_def: Any, num_classes: int, label_smoothing: float, dtype: Any,
+                      mean: tuple, std: tuple, peak: float, warmup: int, decay: int) -> Any:
+    lr_fn = schedules.warmup_cosine(peak, warmup, decay)
+    return jax.jit(functools.partial(
+        train_step, lr_fn=lr_fn, num_classes=num_classes,
+        label_smoothing=label_smoothing, dtype=dtype, mean=mean, std=std),
+        donate_argnums=(0, 1))
+
+
+@functools.lru_cache(maxsize=8)
+def jitted_eval_step(model_def: Any, num_classes: int, dtype: Any, mean: tuple,
+                     std: tuple) -> Any:
+    return jax.jit(functools.partial(eval_step, num_classes=num_classes,
+                                     dtype=dtype, mean=mean, std=std))
+
+
+def train_step(optimizer: optim.Optimizer, batch_stats: nn.Collection, batch: dict,
+               *, lr_fn: Any, num_classes: int, label_smoothing: float, dtype: Any,
+               mean: Any, std: Any) -> tuple[optim.Optimizer, nn.Collection, dict]:
+    """One SGD step on a (sharded) global batch. Returns new optimizer, statistics, metrics."""
+    images = input_pipeline.normalize(batch["image"], mean, std, dtype)
+    labels = batch["label"]
+
+    def loss_fn(model: nn.Model) -> tuple[jax.Array, tuple[Any, jax.Array]]:
+        log_probs, new_stats = model.call_with_state(batch_stats, images, train=True)
+        loss = jnp.mean(cross_entropy(log_probs, labels, num_classes, label_smoothing))
+        return loss, (new_stats, log_probs)
+
+    lr = lr_fn(optimizer.state.step)
+    optimizer, loss, (new_stats, log_probs) = optimizer.optimize(loss_fn, learning_rate=lr)
+    step_metrics = {
+        "loss": loss,
+        "top1": jnp.mean(topk_correct(log_probs, labels, 1)),
+        "top5": jnp.mean(topk_correct(log_probs, labels, 5)),
+        "learning_rate": lr,
+    }
+    return optimizer, new_stats, step_metrics
+
+
+def eval_step(model: nn.Model, batch_stats: nn.Collection, batch: dict, *, num_classes: int,
+              dtype: Any, mean: Any, std: Any) -> dict:
+    """Sums over the real (mask 1) examples of a batch: loss, top-1 and top-5 hits, count."""
+    images = input_pipeline.normalize(batch["image"], mean, std, dtype)
+    log_probs, _ = model.call_with_state(batch_stats, images, train=False, _mutable=False)
+    mask = batch["mask"]
+    labels = batch["label"]
+    return {
+        "loss": jnp.sum(cross_entropy(log_probs, labels, num_classes) * mask),
+        "top1": jnp.sum(topk_correct(log_probs, labels, 1) * mask),
+        "top5": jnp.sum(topk_correct(log_probs, labels, 5) * mask),
+        "count": jnp.sum(mask),
+    }
+
+
+# -- Data ----------------------------------------------------------------------------------
+
+
+def create_datasets(config: Config) -> tuple[Any, Any, tuple, tuple, tuple[int, ...]]:
+    """``(train, eval, mean, std, input_shape)`` for ``config.dataset``."""
+    workers = config.num_workers or None
+    if config.dataset == "fashion_mnist":
+        data_dir = config.data_dir or FASHION_MNIST_DIR
+        x_train, y_train = input_pipeline.load_idx_dataset(data_dir, "train")
+        x_test, y_test = input_pipeline.load_idx_dataset(data_dir, "test")
+        train = input_pipeline.ArrayPipeline(x_train, y_train, 10, config.batch_size, True,
+                                             seed=config.seed)
+        evals = input_pipeline.ArrayPipeline(x_test, y_test, 10, config.eval_batch_size, False)
+        return (train, evals, input_pipeline.FASHION_MNIST_MEAN,
+                input_pipeline.FASHION_MNIST_STDDEV, x_train.shape[1:])
+    if config.dataset != "imagenet":
+        raise input_pipeline.DatasetError(
+            f"Unknown --dataset={config.dataset!r}; use imagenet or fashion_mnist.")
+    if not config.data_dir:
+        raise input_pipeline.DatasetError("--data_dir is required for --dataset=imagenet (the "
+                                          "folder holding train/ and val/).")
+    train_folder = input_pipeline.ImageFolder(config.data_dir, "train")
+    val_folder = input_pipeline.ImageFolder(config.data_dir, "val", train_folder.classes)
+    size = config.image_size
+    train = input_pipeline.ImageFolderPipeline(train_folder, config.batch_size, size, True,
+                                               seed=config.seed, num_workers=workers)
+    evals = input_pipeline.ImageFolderPipeline(val_folder, config.eval_batch_size, size, False,
+                                               num_workers=workers)
+    return (train, evals, input_pipeline.MEAN_RGB, input_pipeline.STDDEV_RGB,
+            (size, size, 3))
+
+
+def make_mesh(num_devices: int) -> Mesh:
+    """A one-axis ``batch`` mesh over the first ``num_devices`` local devices (0: all)."""
+    devices = jax.local_devices()
+    n = len(devices) if num_devices <= 0 else num_devices
+    if n > len(devices):
+        raise input_pipeline.DatasetError(f"--num_devices={n} but only {len(devices)} local "
+                                          "devices exist.")
+    return Mesh(np.array(devices[:n]), (parallel.BATCH_AXIS,))
+
+
+# -- The loop ------------------------------------------------------------------------------
+
+
+def evaluate(eval_fn: Any, model: nn.Model, batch_stats: nn.Collection, data: Any,
+             mesh: Mesh, max_batches: int, progress: bool) -> dict[str, float]:
+    """Top-1/top-5 accuracy and loss over the evaluation set (or its first batches)."""
+    totals: dict[str, float] = {}
+    n = data.steps_per_epoch if max_batches <= 0 else min(max_batches, data.steps_per_epoch)
+    batches = input_pipeline.background(data.epoch())
+    sums = []
+    for i, batch in enumerate(tqdm(jax_utils.prefetch_to_device(batches, 2, mesh), total=n,
+                                   desc="eval", disable=not progress, leave=False)):
+        if i >= n:
+            break
+        sums.append(eval_fn(model, batch_stats, batch))
+    for s in jax.device_get(sums):
+        for k, v in s.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    count = max(totals.pop("count", 0.0), 1.0)
+    return {k: v / count for k, v in totals.items()}
+
+
+def plot_curves(history: list[dict], path: str) -> None:
+    """Writes a PNG of train/eval loss and top-1 per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key in zip(axes, ("loss", "top1")):
+        ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
+        ax.plot(epochs, [h[f"eval_{key}"] for h in history], "s-", label="eval")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train_and_evaluate(config: Config, model_dir: str) -> dict[str, Any]:
+    """Trains and evaluates; returns the final state and the per-epoch history.
+
+    Returns:
+      ``{'optimizer', 'batch_stats', 'history', 'train_images_per_sec', 'skipped'}`` with
+      the optimizer and statistics unreplicated (one copy).
+    """
+    if jax.process_count() > 1:
+        raise NotImplementedError("This example runs on one host; see README 'Forking it' for "
+                                  "the two changes a multi-host run needs.")
+    mesh = make_mesh(config.num_devices)
+    n_dev = mesh.devices.size
+    if config.batch_size % n_dev or config.eval_batch_size % n_dev:
+        raise input_pipeline.DatasetError(
+            f"--batch_size={config.batch_size} and --eval_batch_size="
+            f"{config.eval_batch_size} must be multiples of the {n_dev} devices.")
+    train_data, eval_data, mean, std, input_shape = create_datasets(config)
+    num_classes = train_data.num_classes
+    steps_per_epoch = train_data.steps_per_epoch
+    total_steps = (config.num_train_steps if config.num_train_steps > 0
+                   else int(round(config.num_epochs * steps_per_epoch)))
+    num_epochs = -(-total_steps // steps_per_epoch)
+    dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+
+    model_def = models.get_model(config.model).partial(
+        num_classes=num_classes, num_filters=config.num_filters, dtype=dtype,
+        small_inputs=config.small_inputs, zero_init_last_bn=config.zero_init_last_bn)
+    rng = jax.random.key(config.seed, impl=config.rng_impl)
+    init_x = jnp.zeros((2, *input_shape), jnp.float32)
+    _, params, batch_stats = jitted_init(model_def)(rng, init_x)
+    opt_def = optim.Momentum(learning_rate=config.learning_rate, beta=config.momentum,
+                             weight_decay=config.weight_decay, nesterov=config.nesterov)
+    optimizer = opt_def.create(nn.Model(model_def, params))
+
+    ckpt_dir = os.path.join(model_dir, "checkpoints")
+    start_epoch = 0
+    if config.resume:
+        template = {"optimizer": optimizer, "batch_stats": batch_stats,
+                    "epoch": np.int32(0)}
+        restored = checkpoints.restore_checkpoint(ckpt_dir, template)
+        if restored is not template:
+            optimizer, batch_stats = restored["optimizer"], restored["batch_stats"]
+            start_epoch = int(restored["epoch"])
+            logging.info("Resumed from %s at epoch %d.", ckpt_dir, start_epoch)
+
+    peak, warmup, decay = lr_schedule_args(config, steps_per_epoch, total_steps)
+    p_train = jitted_train_step(model_def, num_classes, config.label_smoothing, dtype, mean,
+                                std, peak, warmup, decay)
+    p_eval = jitted_eval_step(model_def, num_classes, dtype, mean, std)
+    optimizer = optimizer.replicate(mesh)
+    batch_stats = parallel.replicate(batch_stats, mesh)
+
+    os.makedirs(model_dir, exist_ok=True)
+    tb = metrics.SummaryWriter(os.path.join(model_dir, "tensorboard"))
+    jsonl = metrics.JsonlWriter(os.path.join(model_dir, "metrics.jsonl"))
+    history: list[dict] = []
+    images_per_sec: list[float] = []
+    step = start_epoch * steps_per_epoch
+    try:
+        for epoch in range(start_epoch, num_epochs):
+            steps = min(steps_per_epoch, total_steps - step)
+            batches = input_pipeline.background(train_data.epoch(epoch), size=4)
+            bar = tqdm(jax_utils.prefetch_to_device(batches, 2, mesh), total=steps,
+                       desc=f"epoch {epoch + 1}/{num_epochs}", disable=not config.progress)
+            epoch_metrics, pending = [], []
+            t0, timed_images = None, 0
+            for i, batch in enumerate(bar):
+                if i >= steps:
+                    break
+                optimizer, batch_stats, m = p_train(optimizer, batch_stats, batch)
+                pending.append(m)
+                step += 1
+                if i == 0:  # the first step compiles; time from its end
+                    jax.block_until_ready(m)
+                    t0 = time.perf_counter()
+                else:
+                    timed_images += config.batch_size
+                if step % config.log_every_steps == 0 or i == steps - 1:
+                    host = jax.device_get(pending)
+                    epoch_metrics.extend(host)
+                    pending = []
+                    last = {k: float(v) for k, v in host[-1].items()}
+                    bar.set_postfix(loss=f"{last['loss']:.3f}", top1=f"{last['top1']:.3f}")
+                    for k, v in last.items():
+                        tb.scalar(f"train/{k}", v, step)
+                    jsonl.write(step, {f"train_{k}": v for k, v in last.items()})
+            jax.block_until_ready(optimizer)
+            if t0 is not None and timed_images:
+                images_per_sec.append(timed_images / (time.perf_counter() - t0))
+            bar.close()
+            model = optimizer.target
+            result = evaluate(p_eval, model, batch_stats, eval_data, mesh,
+                              config.max_eval_batches, config.progress)
+            summary = {
+                "epoch": epoch + 1,
+                "train_loss": float(np.mean([m["loss"] for m in epoch_metrics])),
+                "train_top1": float(np.mean([m["top1"] for m in epoch_metrics])),
+                **{f"eval_{k}": v for k, v in result.items()},
+            }
+            if images_per_sec:
+                summary["train_images_per_sec"] = images_per_sec[-1]
+            history.append(summary)
+            for k, v in summary.items():
+                if k != "epoch":
+                    tb.scalar(f"epoch/{k}", v, step)
+            jsonl.write(step, summary)
+            tb.flush()
+            jsonl.flush()
+            logging.info("epoch %d: %s", epoch + 1,
+                         ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if k != "epoch"))
+            host_state = {"optimizer": optimizer.unreplicate(),
+                          "batch_stats": parallel.unreplicate(batch_stats),
+                          "epoch": np.int32(epoch + 1)}
+            checkpoints.save_checkpoint(ckpt_dir, host_state, epoch + 1,
+                                        keep=config.checkpoint_keep, overwrite=True)
+    finally:
+        tb.close()
+        jsonl.close()
+    skipped = train_data.skipped.count + eval_data.skipped.count
+    if skipped:
+        logging.warning("%d unreadable images were skipped (see the log for their paths).",
+                        skipped)
+    if config.plot and history:
+        plot_curves(history, os.path.join(model_dir, "curves.png"))
+    return {
+        "optimizer": optimizer.unreplicate(),
+        "batch_stats": parallel.unreplicate(batch_stats),
+        "history": history,
+        "train_images_per_sec": float(np.median(images_per_sec)) if images_per_sec else 0.0,
+        "skipped": skipped,
+    }
+
+
+# -- Command line --------------------------------------------------------------------------
+
+
+def _define_flags() -> None:
+    for field in dataclasses.fields(Config):
+        default = field.default
+        help_text = HELP.get(field.name, f"Config.{field.name} (default {default!r}).")
+        define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
+                  float: flags.DEFINE_float, str: flags.DEFINE_string}[type(default)]
+        define(field.name, default, help_text)
+    flags.DEFINE_string("model_dir", None, "Where checkpoints, metrics and plots go.",
+                        required=True)
+
+
+def config_from_flags() -> Config:
+    """A ``Config`` with every field read from the flag of the same name."""
+    return Config(**{f.name: getattr(flags.FLAGS, f.name) for f in dataclasses.fields(Config)})
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config = config_from_flags()
+    logging.info("Config: %s", config)
+    logging.info("Devices: %s", jax.local_devices())
+    result = train_and_evaluate(config, flags.FLAGS.model_dir)
+    if result["history"]:
+        last = result["history"][-1]
+        print(f"final: eval_top1={last['eval_top1']:.4f} eval_top5={last['eval_top5']:.4f} "
+              f"train_images_per_sec={result['train_images_per_sec']:.1f}")
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)
