@@ -182,3 +182,22 @@ def test_schedules_values():
     joined = s.join([s.constant(1.0), s.cosine_decay(1.0, 4)], [2])
     np.testing.assert_allclose([joined(0), joined(2), joined(6)], [1.0, 1.0, 0.0], atol=1e-6)
     assert jax.jit(cos)(jnp.int32(5)).dtype == jnp.float32
+
+
+@pytest.mark.parametrize("opt_def", [
+    optim.Adam(0.1),
+    optim.MultiOptimizer((optim.ModelParamTraversal(lambda p, _: "kernel" in p),
+                          optim.Momentum(0.1))),
+], ids=["adam", "multi"])
+def test_serialization_round_trip(opt_def, rng):
+    from flaxen import serialization
+
+    x, y = _regression_data()
+    _, model = MLP.create(rng, x)
+    opt = opt_def.create(model)
+    opt = opt.apply_gradient(jax.grad(lambda m: _mse(m, x, y)[0])(opt.target))
+    restored = serialization.from_bytes(opt_def.create(model), serialization.to_bytes(opt))
+    assert jax.tree.structure(restored) == jax.tree.structure(opt)
+    assert int(restored.state.step) == 1
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(opt)):
+        np.testing.assert_array_equal(a, b)
