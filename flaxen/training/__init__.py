@@ -2,3 +2,4 @@
 
 from flaxen.training import checkpoints as checkpoints
 from flaxen.training import common_utils as common_utils
+from flaxen.training import prefetch_iterator as prefetch_iterator
