@@ -182,3 +182,34 @@ def test_basic_block_against_lax_and_numpy(rng):
     want = np.maximum(r + y, 0)
     assert got.shape == (2, 3, 3, 4)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_batchnorm_axis_name_synchronises_across_devices(tiny_init):
+    """Under shard_map with ``axis_name``, 8 devices of 1 image each see the statistics of
+    the whole batch: the same outputs and running averages as one device with all 8."""
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
+
+    _, _, params, state = tiny_init
+    x = jax.random.normal(jax.random.PRNGKey(2), (8, 16, 16, 3))
+    mesh = Mesh(np.array(jax.devices()[:8]), ("batch",))
+
+    def per_device(axis_name):
+        def run(params, state, x):
+            return _tiny(axis_name=axis_name).call_with_state(params, state, x, train=True)
+        return jax.jit(jax.shard_map(run, mesh=mesh, in_specs=(P(), P(), P("batch")),
+                                     out_specs=(P("batch"), P()), check_vma=False))
+
+    want, want_state = jax.jit(lambda p, s, x: _tiny().call_with_state(p, s, x))(
+        params, state, x)
+    got, got_state = per_device("batch")(params, state, x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    _assert_close_trees(got_state, want_state)
+    # Without axis_name each device normalises its single image on its own: different.
+    alone, _ = per_device(None)(params, state, x)
+    assert not np.allclose(alone, want, atol=1e-2)
+
+
+def _assert_close_trees(a, b):
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-4, atol=1e-5)
