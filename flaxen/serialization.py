@@ -516,7 +516,9 @@ def msgpack_restore(encoded_pytree: bytes) -> Any:
                                strict_map_key=True, use_list=True)
     except SerializationError:
         raise
-    except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as e:
+    except (msgpack.StackError, RecursionError) as e:
+        raise SerializationError("Damaged or hostile data: nested too deeply.") from e
+    except (ValueError, TypeError, msgpack.UnpackException) as e:
         raise SerializationError(
             f"Damaged data: the bytes are not a valid flaxen msgpack file "
             f"({type(e).__name__}: {str(e)[:120]}). The file may be truncated or not a "

@@ -227,7 +227,8 @@ def _ext_array(shape, dtype, data):
     (msgpack.packb(msgpack.ExtType(1, msgpack.packb([[2], "int8", b"ab"]) + b"x")), "length"),
     (msgpack.packb(msgpack.ExtType(9, b"")), "ext type 9"),
     (msgpack.packb(msgpack.ExtType(2, msgpack.packb(["a", 1]))), "complex"),
-    (b"\x91" * 5000 + b"\x00", "deeper|valid"),
+    (b"\x91" * 300 + b"\x00", "deeper than 200"),
+    (b"\x91" * 5000 + b"\x00", "nested too deeply"),
     (b"\xdd\xff\xff\xff\xff", "valid"),  # declares a 4-billion-entry array
     (b"\xc6\xff\xff\xff\xff", "valid"),  # declares a 4 GiB bin
     (msgpack.packb({"__flaxen_chunked_array__": [[4], "float32"], "chunks": [1]}),

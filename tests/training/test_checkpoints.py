@@ -296,3 +296,26 @@ def test_restore_only_the_weights_of_an_optimizer_checkpoint(tmp_path, rng):
     assert not report.missing and not report.mismatched
     np.testing.assert_array_equal(part["target"].params["Dense_0"]["kernel"],
                                   params["Dense_0"]["kernel"])
+
+
+def test_multi_optimizer_nested_states_round_trip(tmp_path, rng):
+    class Lin(nn.Module):
+        def apply(self, x):
+            return nn.Dense(x, features=2)
+
+    kernels = optim.ModelParamTraversal(lambda path, _: "kernel" in path)
+    biases = optim.ModelParamTraversal(lambda path, _: "bias" in path)
+    opt_def = optim.MultiOptimizer((kernels, optim.Momentum(learning_rate=0.1, beta=0.9)),
+                                   (biases, optim.GradientDescent(learning_rate=0.1)))
+
+    def make(params):
+        return opt_def.create(nn.Model(Lin, params))
+
+    _, params = Lin.init(rng, jnp.ones((1, 3)))
+    opt = make(params)
+    opt = jax.tree.map(lambda x: x + jnp.asarray(3, x.dtype), opt)  # distinct values
+    checkpoints.save_checkpoint(tmp_path, opt, 3)
+    back = checkpoints.restore_checkpoint(tmp_path, make(params))
+    assert jax.tree.structure(back) == jax.tree.structure(opt)
+    for a, b in zip(jax.tree.leaves(opt), jax.tree.leaves(back)):
+        np.testing.assert_array_equal(a, b)
