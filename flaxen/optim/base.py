@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -100,7 +100,7 @@ class OptimizerDef:
         if dataclasses.is_dataclass(hyper_params):
             fixed = {f.name: _as_static(name, f.name, getattr(hyper_params, f.name))
                      for f in dataclasses.fields(hyper_params)}
-            hyper_params = dataclasses.replace(hyper_params, **fixed)
+            hyper_params = dataclasses.replace(cast(Any, hyper_params), **fixed)
             self._check(hyper_params, fixed.keys())
         self.hyper_params = hyper_params
         self._hash = hash((type(self), hyper_params))
@@ -220,9 +220,13 @@ def _keystr(path: tuple) -> str:
     return jax.tree_util.keystr(path) or "<root>"
 
 
+def _same_structure(a: Any, b: Any) -> bool:
+    return bool(jax.tree.structure(a) == jax.tree.structure(b))  # type: ignore[operator]
+
+
 def check_gradient_structure(target: Any, grads: Any) -> None:
     """Raises ``GradientStructureError`` naming the first path where grads differ."""
-    if jax.tree.structure(target) == jax.tree.structure(grads):
+    if _same_structure(target, grads):
         t_leaves = jax.tree.leaves(target)
         g_leaves = jax.tree.leaves(grads)
         if all(np.shape(t) == np.shape(g) for t, g in zip(t_leaves, g_leaves)):
@@ -248,7 +252,7 @@ def _wrap_like_target(target: Any, grads: Any) -> Any:
     """Gradients of ``model.params`` (a dict) are accepted for a Model target."""
     params = getattr(target, "params", None)
     if params is not None and not hasattr(grads, "params") and hasattr(target, "replace"):
-        if jax.tree.structure(params) == jax.tree.structure(grads):
+        if _same_structure(params, grads):
             return target.replace(params=grads)
     return grads
 
@@ -284,7 +288,7 @@ class Optimizer:
         opt_def = self.optimizer_def
         hp = opt_def.update_hyper_params(**hyper_param_overrides)
         new_target, new_state = opt_def.apply_gradient(hp, self.target, self.state, grads)
-        return self.replace(state=new_state, target=new_target)
+        return dataclasses.replace(self, state=new_state, target=new_target)
 
     def compute_gradient(self, loss_fn: Any) -> tuple[jax.Array, Any, Any]:
         """``(loss, aux, grad)`` of ``loss_fn(target) -> (loss, aux)`` (or a bare loss).

@@ -128,7 +128,7 @@ class MultiOptimizer(OptimizerDef):
                     f"entries (one per sub-optimizer), got {len(hps)}")
         else:
             hps = self.hyper_params
-        known = set()
+        known: set[str] = set()
         out = []
         for opt, hp in zip(self.sub_optimizers, hps):
             own = {f for f in getattr(hp, "__dataclass_fields__", {})}

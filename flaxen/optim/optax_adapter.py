@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -84,4 +85,5 @@ class Optax(OptimizerDef):
             new = {k: jnp.asarray(v, dtype=jax.numpy.result_type(injected[k]))
                    for k, v in hyper_params.items()}
             inner = inner._replace(hyperparams={**injected, **new})
-        return super().apply_gradient(None, params, state.replace(param_states=inner), grads)
+        state = dataclasses.replace(state, param_states=inner)
+        return super().apply_gradient(None, params, state, grads)
