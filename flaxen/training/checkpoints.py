@@ -209,7 +209,8 @@ def save_checkpoint(ckpt_dir: str | os.PathLike[str], target: Any, step: int | f
         raises. If True, it replaces that step and removes checkpoints of larger steps.
 
     With several processes (``jax.distributed.initialize``), call it on every process:
-    arrays sharded across processes are gathered (a collective), then process 0 writes.
+    arrays sharded across processes are gathered (a collective), process 0 writes, and all
+    processes wait until the file is in place.
 
     Returns:
       The path of the new checkpoint.
@@ -224,9 +225,23 @@ def save_checkpoint(ckpt_dir: str | os.PathLike[str], target: Any, step: int | f
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
         raise CheckpointError(f"keep must be an int >= 1, got {keep!r}.")
     data = serialization.to_bytes(target)  # in a multi-process run: gathers (collective)
+    if jax.process_count() == 1:
+        return _save_bytes(ckpt_dir, data, step_text, prefix, keep, overwrite)
+    # Several processes: process 0 writes; the barrier means that when save_checkpoint
+    # returns on any process, the new checkpoint is in place.
+    from jax.experimental import multihost_utils
+
+    try:
+        if jax.process_index() == 0:
+            return _save_bytes(ckpt_dir, data, step_text, prefix, keep, overwrite)
+        return os.path.join(ckpt_dir, prefix + step_text)
+    finally:
+        multihost_utils.sync_global_devices(f"flaxen.save_checkpoint:{prefix}{step_text}")
+
+
+def _save_bytes(ckpt_dir: str, data: bytes, step_text: str, prefix: str, keep: int,
+                overwrite: bool) -> str:
     final = os.path.join(ckpt_dir, prefix + step_text)
-    if jax.process_index() != 0:
-        return final  # only process 0 writes; every process must call (see docstring)
     try:
         os.makedirs(ckpt_dir, exist_ok=True)
     except OSError as e:
