@@ -3,6 +3,8 @@
 import errno
 import os
 
+import hypothesis
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -319,3 +321,27 @@ def test_multi_optimizer_nested_states_round_trip(tmp_path, rng):
     assert jax.tree.structure(back) == jax.tree.structure(opt)
     for a, b in zip(jax.tree.leaves(opt), jax.tree.leaves(back)):
         np.testing.assert_array_equal(a, b)
+
+
+_leaf = st.one_of(st.integers(-5, 5), st.floats(allow_nan=False), st.none(), st.text(max_size=3),
+                  st.sampled_from([np.zeros((2, 3), np.float32), np.zeros(3, np.int32),
+                                   np.zeros((2, 3), np.int32), np.float32(1)]))
+_state = st.recursive(_leaf, lambda c: st.one_of(
+    st.lists(c, max_size=3), st.dictionaries(st.sampled_from(["w", "b", "x", "count", "0"]),
+                                             c, max_size=4)), max_leaves=12)
+
+
+@hypothesis.settings(max_examples=200, deadline=None, derandomize=True,
+                     suppress_health_check=list(hypothesis.HealthCheck))
+@hypothesis.given(_state)
+def test_fuzz_wrong_structures_give_reports_never_crashes(state):
+    target = _tree()
+    try:
+        restored, report = checkpoints.restore_state(target, state, strict=True)
+        assert report.ok
+    except (CheckpointMismatchError, SerializationError):
+        pass
+    restored, report = checkpoints.restore_state(target, state, strict=False)
+    assert jax.tree.structure(restored) == jax.tree.structure(target)
+    for t, r in zip(jax.tree.leaves(target), jax.tree.leaves(restored)):
+        assert np.shape(t) == np.shape(r) and np.asarray(t).dtype == np.asarray(r).dtype
