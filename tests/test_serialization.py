@@ -262,7 +262,7 @@ def test_truncations_of_a_real_file_all_fail_cleanly():
             serialization.msgpack_restore(data[:n])
 
 
-@hypothesis.settings(max_examples=200, deadline=None, derandomize=True,
+@hypothesis.settings(max_examples=200, deadline=None, derandomize=True, database=None,
                      suppress_health_check=list(hypothesis.HealthCheck))
 @hypothesis.given(st.binary(max_size=300))
 def test_fuzz_random_bytes(data):
@@ -279,7 +279,7 @@ _trees = st.recursive(_leaf, lambda c: st.one_of(
     max_leaves=20)
 
 
-@hypothesis.settings(max_examples=200, deadline=None, derandomize=True,
+@hypothesis.settings(max_examples=200, deadline=None, derandomize=True, database=None,
                      suppress_health_check=list(hypothesis.HealthCheck))
 @hypothesis.given(_trees, st.data())
 def test_fuzz_mutated_valid_files(tree, data):

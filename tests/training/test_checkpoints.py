@@ -331,7 +331,7 @@ _state = st.recursive(_leaf, lambda c: st.one_of(
                                              c, max_size=4)), max_leaves=12)
 
 
-@hypothesis.settings(max_examples=200, deadline=None, derandomize=True,
+@hypothesis.settings(max_examples=200, deadline=None, derandomize=True, database=None,
                      suppress_health_check=list(hypothesis.HealthCheck))
 @hypothesis.given(_state)
 def test_fuzz_wrong_structures_give_reports_never_crashes(state):
