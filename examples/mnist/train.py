@@ -17,6 +17,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import time
 from types import SimpleNamespace
 
 import jax
@@ -289,16 +290,18 @@ def train(train_ds, test_ds, cfg=None):
   for epoch in range(first_epoch, num_epochs + 1):
     # The shuffling depends on (seed, epoch) only, so a resumed run sees the same batches.
     input_rng = onp.random.RandomState([cfg.seed, epoch])
+    epoch_start = time.time()
     optimizer, train_metrics = train_epoch(
         optimizer, train_ds, batch_size, epoch, input_rng, mesh, cfg.progress)
     loss, accuracy = eval_model(optimizer.target, test_ds, mesh)
     logging.info('eval epoch: %d, loss: %.4f, accuracy: %.2f',
                  epoch, loss, accuracy * 100)
+    epoch_seconds = time.time() - epoch_start  # training and evaluation
     host_optimizer = optimizer if mesh is None else optimizer.unreplicate()
     checkpoints.save_checkpoint(ckpt_dir, host_optimizer, epoch, keep=3, overwrite=True)
     row = {'train_loss': train_metrics['loss'], 'train_accuracy': train_metrics['accuracy'],
            'test_loss': loss, 'test_accuracy': accuracy}
-    jsonl.write(epoch, row)
+    jsonl.write(epoch, {**row, 'epoch_seconds': epoch_seconds})
     for k, v in row.items():
       summary_writer.scalar(k, v, epoch)
     history.append({'step': epoch, **{k: float(v) for k, v in row.items()}})

@@ -129,3 +129,18 @@ def test_one_epoch_full_fashion_mnist_reaches_accuracy_floor(tmp_path):
     row = metrics.read_jsonl(tmp_path / "metrics.jsonl")[0]
     # A working CNN reaches about 0.87 after one epoch; chance is 0.10.
     assert row["test_accuracy"] >= 0.83, row
+
+
+def test_plain_jax_baseline_is_the_same_model():
+    """The comparison in README.md is fair: same function of the same parameters."""
+    from examples.mnist import plain_jax_baseline as baseline
+
+    model = train.create_model(jax.random.PRNGKey(3))
+    p = model.params
+    mapped = {new: {"w": p[old]["kernel"], "b": p[old]["bias"]} for new, old in (
+        ("conv1", "Conv_0"), ("conv2", "Conv_1"), ("dense1", "Dense_2"), ("dense2", "Dense_3"))}
+    ref = baseline.init_params(jax.random.PRNGKey(3))
+    jax.tree.map(lambda a, b: np.testing.assert_equal(a.shape, b.shape), mapped, ref)
+    _, test_ds = small_datasets(n_test=16)
+    np.testing.assert_allclose(np.asarray(jax.jit(baseline.forward)(mapped, test_ds["image"])),
+                               np.asarray(model(test_ds["image"])), rtol=1e-5, atol=1e-5)
