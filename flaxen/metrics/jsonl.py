@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -42,7 +42,7 @@ class JsonlWriter:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")  # closed in close()
+        self._file: TextIO | None = open(self.path, "a", encoding="utf-8")  # closed in close()
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Writes ``metrics`` (numbers, NumPy or JAX scalars or arrays) at ``step``."""

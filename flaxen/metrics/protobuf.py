@@ -92,18 +92,21 @@ def decode(data: bytes) -> dict[int, list]:
     while pos < len(data):
         key, pos = read_varint(data, pos)
         field, wire_type = key >> 3, key & 7
+        value: int | bytes
         if wire_type == VARINT:
             value, pos = read_varint(data, pos)
         elif wire_type in (FIXED64, FIXED32):
             size = 8 if wire_type == FIXED64 else 4
-            value, pos = data[pos:pos + size], pos + size
-            if len(value) < size:
+            chunk, pos = data[pos:pos + size], pos + size
+            if len(chunk) < size:
                 raise ProtobufDecodeError(f"truncated fixed field {field}")
+            value = chunk
         elif wire_type == LENGTH_DELIMITED:
             size, pos = read_varint(data, pos)
-            value, pos = data[pos:pos + size], pos + size
-            if len(value) < size:
+            chunk, pos = data[pos:pos + size], pos + size
+            if len(chunk) < size:
                 raise ProtobufDecodeError(f"truncated length-delimited field {field}")
+            value = chunk
         else:
             raise ProtobufDecodeError(f"unsupported wire type {wire_type} for field {field}")
         fields.setdefault(field, []).append(value)

@@ -32,6 +32,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from jax.typing import ArrayLike
@@ -95,7 +96,7 @@ class SummaryWriter:
         name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
                 f"{os.getpid()}.{_instance_counter}")
         self.path = self.log_dir / name
-        self._file = open(self.path, "wb")  # closed in close()
+        self._file: BinaryIO | None = open(self.path, "wb")  # closed in close()
         self._write_event(pb.bytes_field(3, "brain.Event:2"), step=None)
 
     # -- plumbing --------------------------------------------------------------------------
