@@ -88,14 +88,14 @@ def test_gradient_of_model_is_model_and_apply_gradient(rng):
     x, y = _regression_data()
     _, model = MLP.create(rng, x)
     opt = optim.GradientDescent(0.1).create(model)
-    grads = jax.grad(lambda m: _mse(m, x, y)[0])(opt.target)
+    grads = jax.jit(jax.grad(lambda m: _mse(m, x, y)[0]))(opt.target)
     assert isinstance(grads, nn.Model)
-    new = opt.apply_gradient(grads)
+    new = jax.jit(lambda o, g: o.apply_gradient(g))(opt, grads)
     want = jax.tree.map(lambda p, g: p - 0.1 * g, model.params, grads.params)
     for a, b in zip(jax.tree.leaves(new.target.params), jax.tree.leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     # Gradients of model.params (a plain dict) are accepted for a Model target.
-    new2 = opt.apply_gradient(grads.params)
+    new2 = jax.jit(lambda o, g: o.apply_gradient(g))(opt, grads.params)
     for a, b in zip(jax.tree.leaves(new.target), jax.tree.leaves(new2.target)):
         np.testing.assert_array_equal(a, b)
 
