@@ -147,7 +147,10 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
     if nd == 4 and not use_dropout and precision is None and v.shape[-1] == q.shape[-1]:
         if total_bias is not None:
             total_bias = jnp.broadcast_to(total_bias, logits_shape)
-        return jax.nn.dot_product_attention(q, k, v, bias=total_bias).astype(dtype)
+        # jax.nn promotes bf16 logits to f32 implicitly, which strict promotion rejects.
+        with jax.numpy_dtype_promotion("standard"):
+            out = jax.nn.dot_product_attention(q, k, v, bias=total_bias)
+        return out.astype(dtype)
 
     perm = (0,) + others + (nd - 2,) + axes + (nd - 1,)
     lq, lk = int(np.prod(qa)), int(np.prod(ka))
