@@ -14,6 +14,7 @@ import pytest
 
 from examples.imagenet import input_pipeline, train
 from flaxen import metrics
+from flaxen.optim import schedules
 
 CONFIG = train.Config(
     model="resnet18", num_filters=4, image_size=16, batch_size=8, eval_batch_size=8,
@@ -102,3 +103,32 @@ def test_bad_input_errors(tmp_path):
     with pytest.raises(input_pipeline.DatasetError, match="multiples of the 8 devices"):
         train.train_and_evaluate(dataclasses.replace(CONFIG, batch_size=12),
                                  str(tmp_path / "out"))
+
+
+def test_cross_entropy_and_topk_against_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 7)).astype(np.float32)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    labels = rng.integers(0, 7, size=6).astype(np.int32)
+    for ls in (0.0, 0.1):
+        targets = np.full((6, 7), ls / 7, np.float32)
+        targets[np.arange(6), labels] += 1 - ls
+        want = -(targets * log_probs).sum(-1)
+        got = train.cross_entropy(log_probs, labels, 7, ls)
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    rank = (logits > logits[np.arange(6), labels][:, None]).sum(-1)  # 0 = best
+    for k in (1, 5):
+        np.testing.assert_array_equal(train.topk_correct(log_probs, labels, k), rank < k)
+    # Fewer classes than k: everything is in the top k.
+    np.testing.assert_array_equal(train.topk_correct(log_probs[:, :3], labels % 3, 5), 1.0)
+
+
+def test_learning_rate_schedule_matches_formula():
+    config = dataclasses.replace(CONFIG, learning_rate=0.1, batch_size=512, warmup_epochs=5)
+    peak, warmup, decay = train.lr_schedule_args(config, steps_per_epoch=10, total_steps=900)
+    assert (peak, warmup, decay) == (0.2, 50, 900)
+    lr = schedules.warmup_cosine(peak, warmup, decay)
+    for step in (0, 25, 50, 300, 899):
+        want = (peak * step / warmup if step < warmup else
+                peak * 0.5 * (1 + np.cos(np.pi * (step - warmup) / (decay - warmup))))
+        assert float(lr(step)) == pytest.approx(want, rel=1e-5, abs=1e-7)
