@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from flaxen.errors import LayerArgumentError, ShapeError
+from flaxen.errors import LayerArgumentError, MissingStateError, ShapeError
 from flaxen.nn import initializers
 from flaxen.nn._layer_util import InitFn, as_tuple, param_for_input, where, with_dtype
 from flaxen.nn.base import Module
@@ -97,8 +97,15 @@ class BatchNorm(Module):
         feat_shape = tuple(x.shape[a] for a in feat_axes)
         bcast = tuple(x.shape[i] if i in feat_axes else 1 for i in range(x.ndim))
         xs = x.astype(_stats_dtype(x))
-        ra_mean = self.state("mean", feat_shape, initializers.zeros, collection=batch_stats)
-        ra_var = self.state("var", feat_shape, initializers.ones, collection=batch_stats)
+        if use_running_average and not self.is_initializing():
+            ra_mean = self.state("mean", collection=batch_stats)
+            ra_var = self.state("var", collection=batch_stats)
+            if not (ra_mean.exists() and ra_var.exists()):
+                raise MissingStateError(path, "its running statistics (\"mean\", \"var\") "
+                                        "in the state collection, which has none for it")
+        else:
+            ra_mean = self.state("mean", feat_shape, initializers.zeros, collection=batch_stats)
+            ra_var = self.state("var", feat_shape, initializers.ones, collection=batch_stats)
         if use_running_average:
             mean, var = ra_mean.value, ra_var.value
             if tuple(jnp.shape(mean)) != feat_shape:

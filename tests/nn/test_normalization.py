@@ -114,6 +114,13 @@ def test_batch_norm_running_stats_follow_recurrence(rng):
 def test_batch_norm_needs_state(rng):
     with pytest.raises(MissingStateError, match="BNNet/BatchNorm_0.*init_with_state"):
         BNNet.init(rng, jnp.ones((2, 3)))
+    _, params, state = BNNet.init_with_state(rng, jnp.ones((2, 3)))
+    with pytest.raises(MissingStateError, match="BNNet/BatchNorm_0.*running statistics"):
+        BNNet.call_with_state(params, nn.Collection(), jnp.ones((2, 3)), train=False,
+                              _mutable=False)
+    # Initialising in evaluation mode creates the statistics too.
+    _, _, state = BNNet.init_with_state(rng, jnp.ones((2, 3)), train=False)
+    assert state["/BatchNorm_0"]["mean"].shape == (3,)
 
 
 def test_batch_norm_cross_device_equals_full_batch(rng):
