@@ -38,6 +38,9 @@ class Row:
         for times and memory lower is better, for throughputs it is baseline / this, so a
         ratio above 1 always means "slower or bigger than plain JAX".
       repeats: how many repeats the median is over.
+      best: the best repeat (minimum time, maximum throughput). Load from other processes
+        only ever slows a repeat down, so on a busy machine this is the steadier estimate.
+      best_ratio: ``best`` against the baseline's ``best`` (same orientation as ``ratio``).
       note: anything a reader must know (skipped, why; what a variant isolates).
     """
 
@@ -50,6 +53,8 @@ class Row:
     ratio: float | None = None
     repeats: int = 1
     note: str = ""
+    best: float | None = None
+    best_ratio: float | None = None
 
 
 def _quantile(xs: list[float], q: float) -> float:
@@ -85,7 +90,8 @@ def calibrate(run: RunFn, target_s: float, max_steps: int = 100_000) -> int:
 
 
 def interleaved(impls: dict[str, RunFn], repeats: int, target_s: float,
-                warmup: int = 2, baseline: str | None = None) -> dict[str, list[float]]:
+                warmup: int = 2, baseline: str | None = None,
+                cpu: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
     """Seconds per step of each implementation, one list entry per round.
 
     Args:
@@ -95,9 +101,12 @@ def interleaved(impls: dict[str, RunFn], repeats: int, target_s: float,
         the same for all implementations, calibrated on ``baseline``).
       warmup: untimed calls of ``run(1)`` per implementation (the first one compiles).
       baseline: the implementation used to calibrate; the first one if None.
+      cpu: if given, filled with the process CPU seconds per step (all threads), round by
+        round. CPU time does not count the time spent waiting for a core, so on a machine
+        shared with other work it is much steadier than wall time.
 
     Returns:
-      name -> list of ``repeats`` per-step times in seconds, round by round.
+      name -> list of ``repeats`` per-step wall-clock times in seconds, round by round.
     """
     names = list(impls)
     for name in names:
@@ -109,7 +118,10 @@ def interleaved(impls: dict[str, RunFn], repeats: int, target_s: float,
     for r in range(repeats):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
+            c0 = time.process_time()
             times[name].append(_timed(impls[name], steps) / steps)
+            if cpu is not None:
+                cpu.setdefault(name, []).append((time.process_time() - c0) / steps)
     return times
 
 
@@ -130,13 +142,16 @@ def rows_from_times(bench: str, times: dict[str, list[float]], baseline: str,
     ratios = paired_ratios(times, baseline) if baseline in times else {}
     scale = {"us": 1e6, "ms": 1e3, "s": 1.0}[unit]
     rows = []
+    base_best = min(times[baseline]) if baseline in times else None
     for name, ts in times.items():
+        best_ratio = min(ts) / base_best if base_best else None
         rows.append(Row(bench, name, metric, unit, statistics.median(ts) * scale, spread(ts),
-                        ratios.get(name), len(ts), notes.get(name, "")))
+                        ratios.get(name), len(ts), notes.get(name, ""), min(ts) * scale,
+                        best_ratio))
         if throughput_items is not None:
             tp = [throughput_items / t for t in ts]
             rows.append(Row(bench, name, "throughput", throughput_unit, statistics.median(tp),
-                            spread(tp), ratios.get(name), len(ts), ""))
+                            spread(tp), ratios.get(name), len(ts), "", max(tp), best_ratio))
     return rows
 
 
@@ -215,17 +230,21 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
         "Load average (1/5/15 min) before: " + " / ".join(f"{x:.2f}" for x in meta["load_before"])
         + ", after: " + " / ".join(f"{x:.2f}" for x in meta["load_after"]),
         "",
-        "Ratio = this / plain JAX, paired round by round (> 1: slower or bigger; for "
-        "throughput it is plain / this). Spread = interquartile range / median.",
+        "Ratio = this / plain JAX, paired round by round, median over rounds (> 1: slower "
+        "or bigger; for throughput it is plain / this). Best = the best round; best ratio = "
+        "best / plain JAX's best. Spread = interquartile range / median. n = rounds.",
         "",
-        "| benchmark | implementation | metric | median | unit | spread | ratio vs plain JAX "
-        "| n | note |",
-        "|---|---|---|---:|---|---:|---:|---:|---|",
+        "| benchmark | implementation | metric | median | best | unit | spread | ratio vs "
+        "plain JAX | best ratio | n | note |",
+        "|---|---|---|---:|---:|---|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         ratio = "n/a" if r.ratio is None else f"{r.ratio:.3f}"
-        lines.append(f"| {r.bench} | {r.impl} | {r.metric} | {_fmt(r.median)} | {r.unit} | "
-                     f"{r.spread:.1%} | {ratio} | {r.repeats} | {r.note} |")
+        best_ratio = "" if r.best_ratio is None else f"{r.best_ratio:.3f}"
+        best = "" if r.best is None else _fmt(r.best)
+        lines.append(f"| {r.bench} | {r.impl} | {r.metric} | {_fmt(r.median)} | {best} | "
+                     f"{r.unit} | {r.spread:.1%} | {ratio} | {best_ratio} | {r.repeats} | "
+                     f"{r.note} |")
     return "\n".join(lines) + "\n"
 
 

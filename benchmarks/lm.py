@@ -121,7 +121,9 @@ def run(quick: bool, peers: bool = True) -> list[Row]:
     except Skip as e:
         rows.append(Row(bench, "flaxen (Optimizer)", "throughput", "tokens/s", None,
                         note=f"skipped: {e}"))
+    cpu: dict[str, list[float]] = {}
     times = interleaved(runs, repeats=5 if quick else 15, target_s=0.3 if quick else 1.0,
-                        warmup=2, baseline=BASELINE)
-    return rows_from_times(bench, times, BASELINE, unit="ms", throughput_items=BATCH * LENGTH,
-                           throughput_unit="tokens/s") + rows
+                        warmup=2, baseline=BASELINE, cpu=cpu)
+    return (rows_from_times(bench, times, BASELINE, unit="ms",
+                            throughput_items=BATCH * LENGTH, throughput_unit="tokens/s")
+            + rows_from_times(bench, cpu, BASELINE, "CPU time/step", "ms") + rows)

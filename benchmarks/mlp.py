@@ -117,13 +117,15 @@ def run(quick: bool, peers: bool = True) -> list[Row]:
     key = jax.random.PRNGKey(0)
     x, y = batch(jax.random.PRNGKey(1), (BATCH, IN_FEATURES), FEATURES[-1])
     runs, skipped = classifier.setup_all(MODELS, key, x, y, peers)
+    cpu: dict[str, list[float]] = {}
     times = interleaved(runs, repeats=7 if quick else 21, target_s=0.1 if quick else 0.3,
-                        baseline=classifier.BASELINE)
+                        baseline=classifier.BASELINE, cpu=cpu)
     notes = {"flaxen (params dict)": "flaxen module, params dict through jit, same update "
              "as plain JAX (isolates the Optimizer/Model pytree cost)",
              "Flax NNX (split/merge)": "nnx.split/merge around jax.jit (NNX perf. guide)"}
     rows = rows_from_times("tiny MLP step", times, classifier.BASELINE, unit="us",
                            notes=notes)
+    rows += rows_from_times("tiny MLP step", cpu, classifier.BASELINE, "CPU time/step", "us")
     rows += [Row("tiny MLP step", name, "step time", "us", None, note=note)
              for name, note in skipped.items()]
     return rows

@@ -168,10 +168,12 @@ def run(quick: bool, peers: bool = True) -> list[Row]:
     key = jax.random.PRNGKey(0)
     x, y = batch(jax.random.PRNGKey(1), (BATCH, *SHAPE), CLASSES)
     runs, skipped = classifier.setup_all(MODELS, key, x, y, peers)
+    cpu: dict[str, list[float]] = {}
     times = interleaved(runs, repeats=5 if quick else 15, target_s=0.3 if quick else 1.0,
-                        warmup=1, baseline=classifier.BASELINE)
+                        warmup=1, baseline=classifier.BASELINE, cpu=cpu)
     rows = rows_from_times("MNIST CNN step", times, classifier.BASELINE, unit="ms",
                            throughput_items=BATCH, throughput_unit="images/s")
+    rows += rows_from_times("MNIST CNN step", cpu, classifier.BASELINE, "CPU time/step", "ms")
     rows += [Row("MNIST CNN step", name, "throughput", "images/s", None, note=note)
              for name, note in skipped.items()]
     return rows
