@@ -323,7 +323,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cfg = config_from_flags()
-  train_ds, test_ds, cfg.dataset = get_datasets(cfg)
+  try:
+    train_ds, test_ds, cfg.dataset = get_datasets(cfg)
+  except input_pipeline.DataError as e:
+    raise SystemExit(f'Error: {e}') from None  # a clear message, not a traceback
   logging.info('Dataset %s: %d train and %d test examples; output in %s', cfg.dataset,
                len(train_ds['image']), len(test_ds['image']), cfg.output_dir)
   train(train_ds, test_ds, cfg)
