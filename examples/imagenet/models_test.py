@@ -12,7 +12,8 @@ from flaxen.errors import ShapeError
 
 @pytest.fixture
 def rng():
-    return jax.random.PRNGKey(0)
+    # rbg keys: the same tests, but initializers compile several times faster than threefry.
+    return jax.random.key(0, impl="rbg")
 
 
 # Parameter counts of the standard ResNet v1.5 definitions (torchvision's numbers).
@@ -86,7 +87,7 @@ def _tiny(**kw):
 @pytest.fixture(scope="module")
 def tiny_init():
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 16, 3))
-    out, params, state = jax.jit(_tiny().init_with_state)(jax.random.PRNGKey(0), x)
+    out, params, state = jax.jit(_tiny().init_with_state)(jax.random.key(0, impl="rbg"), x)
     return x, out, params, state
 
 
