@@ -122,7 +122,25 @@ class OptimizerDef:
 
     def transform(self, hyper_params: Any) -> optax.GradientTransformation:
         """The optax transformation for these (possibly traced) hyper-parameter values."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement `transform(hyper_params)` (an optax "
+            "transformation) or the pre-release per-leaf pair `init_param_state(param)` / "
+            "`apply_param_gradient(step, hyper_params, param, state, grad)`.")
+
+    # The pre-release per-leaf API: a subclass may define these two instead of `transform`.
+    def init_param_state(self, param: Any) -> Any:
+        """Per-leaf state (pre-release API; used only if ``transform`` is not defined)."""
         raise NotImplementedError
+
+    def apply_param_gradient(self, step: jax.Array, hyper_params: Any, param: Any,
+                             state: Any, grad: Any) -> tuple[Any, Any]:
+        """``(new_param, new_state)`` for one leaf (pre-release API)."""
+        raise NotImplementedError
+
+    def _per_leaf(self) -> bool:
+        cls = type(self)
+        return (cls.transform is OptimizerDef.transform
+                and cls.apply_param_gradient is not OptimizerDef.apply_param_gradient)
 
     # -- hyper-parameters -----------------------------------------------------------------
 
@@ -183,6 +201,9 @@ class OptimizerDef:
 
     def init_state(self, params: Any) -> OptimizerState:
         """``OptimizerState(step=0, param_states=optax_init(params))``."""
+        if self._per_leaf():
+            return OptimizerState(step=jnp.zeros((), jnp.int32),
+                                  param_states=jax.tree.map(self.init_param_state, params))
         tx = self.transform(self._init_hyper_params())
         with jax.numpy_dtype_promotion("standard"):
             inner = tx.init(params)
@@ -191,6 +212,14 @@ class OptimizerDef:
     def apply_gradient(self, hyper_params: Any, params: Any, state: OptimizerState,
                        grads: Any) -> tuple[Any, OptimizerState]:
         """One update: ``(new_params, new_state)``; ``grads`` mirrors ``params``."""
+        if self._per_leaf():
+            leaves, treedef = jax.tree.flatten(params)
+            states = treedef.flatten_up_to(state.param_states)  # type: ignore[attr-defined]
+            out = [self.apply_param_gradient(state.step, hyper_params, p, st, g)
+                   for p, st, g in zip(leaves, states, treedef.flatten_up_to(grads))]  # type: ignore[attr-defined]
+            new_params = jax.tree.unflatten(treedef, [p for p, _ in out])
+            new_states = jax.tree.unflatten(treedef, [st for _, st in out])
+            return new_params, OptimizerState(step=state.step + 1, param_states=new_states)
         tx = self.transform(hyper_params)
         # optax relies on standard promotion (e.g. ``b1 ** count`` with an int32 count);
         # a user's strict mode must not break it. ``apply_updates`` casts back to each

@@ -201,3 +201,32 @@ def test_serialization_round_trip(opt_def, rng):
     assert int(restored.state.step) == 1
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(opt)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_pre_release_per_leaf_optimizer_def():
+    """Old code defining init_param_state/apply_param_gradient still works."""
+    from flaxen import struct
+
+    @struct.dataclass
+    class _HP:
+        learning_rate: float
+        decay: float
+
+    class EmaSGD(optim.OptimizerDef):  # p <- p - lr * ema(g), written per leaf
+        def __init__(self, learning_rate=None, decay=0.5):
+            super().__init__(_HP(learning_rate, decay))
+
+        def init_param_state(self, param):
+            return jnp.zeros_like(param)
+
+        def apply_param_gradient(self, step, hyper_params, param, state, grad):
+            ema = hyper_params.decay * state + (1 - hyper_params.decay) * grad
+            return param - hyper_params.learning_rate * ema, ema
+
+    opt = EmaSGD(0.1).create({"w": jnp.ones(2), "b": {"c": jnp.zeros(())}})
+    g = {"w": jnp.full(2, 2.0), "b": {"c": jnp.ones(())}}
+    opt = jax.jit(lambda o: o.apply_gradient(g).apply_gradient(g, learning_rate=1.0))(opt)
+    # ema: 1.0 then 1.5 (w); 0.5 then 0.75 (c)
+    np.testing.assert_allclose(opt.target["w"], [1 - 0.1 * 1.0 - 1.5] * 2, rtol=1e-6)
+    np.testing.assert_allclose(opt.target["b"]["c"], -0.05 - 0.75, rtol=1e-6)
+    assert int(opt.state.step) == 2
