@@ -55,6 +55,8 @@ class Optax(OptimizerDef):
 
     def update_hyper_params(self, **overrides: Any) -> Any:
         """Returns the overrides themselves (applied to the injected hyper-parameters)."""
+        if overrides.get("hyper_params", self.hyper_params) is self.hyper_params:
+            overrides.pop("hyper_params", None)  # MultiOptimizer passes our own defaults
         if "hyper_params" in overrides:
             raise errors.HyperParamError(
                 "Optax", "hyper_params", "cannot replace an optax transformation per step",

@@ -105,3 +105,16 @@ def test_overlapping_traversals_error(rng):
     multi = optim.MultiOptimizer((kernels, optim.SGD(0.1)))
     with pytest.raises(errors.HyperParamError, match="beta1"):
         multi.create(model).apply_gradient(jax.tree.map(jnp.zeros_like, model), beta1=0.5)
+
+
+def test_multi_with_optax_adapter_and_dict_target():
+    import optax
+
+    a = optim.ModelParamTraversal(lambda path, _: path.startswith("/a"))
+    b = optim.ModelParamTraversal(lambda path, _: path.startswith("/b"))
+    multi = optim.MultiOptimizer((a, optim.Optax(optax.sgd(0.1))), (b, optim.SGD(1.0)))
+    opt = multi.create({"a": jnp.ones(2), "b": jnp.ones(2), "c": jnp.ones(2)})
+    opt = opt.apply_gradient(jax.tree.map(jnp.ones_like, opt.target), learning_rate=0.5)
+    np.testing.assert_allclose(opt.target["a"], [0.9, 0.9], rtol=1e-6)  # optax's own lr
+    np.testing.assert_allclose(opt.target["b"], [0.5, 0.5])  # the override
+    np.testing.assert_array_equal(opt.target["c"], [1.0, 1.0])  # frozen
