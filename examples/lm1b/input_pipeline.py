@@ -23,8 +23,12 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from examples.lm1b import tokenizer as tok
 from flaxen.errors import FlaxenError
+
+try:  # as part of the repository's `examples` package (tests, `python -m examples.lm1b.train`)
+    from examples.lm1b import tokenizer as tok
+except ImportError:  # as a script, `python examples/lm1b/train.py`, or in a forked copy
+    import tokenizer as tok  # type: ignore[no-redef]
 
 Batch = dict[str, np.ndarray]
 
@@ -159,18 +163,18 @@ def check_same_vocab(saved: tok.Tokenizer, new: tok.Tokenizer, where: str) -> No
     )
 
 
-def build_tokenizer(kind: str, train_lines: Sequence[str], train_text: str,
+def build_tokenizer(kind: str, train_lines: Sequence[str], char_text: str,
                     vocab_size: int) -> tok.Tokenizer:
-    """A ``char`` tokenizer of ``train_text`` or a ``sentencepiece`` one of ``train_lines``."""
+    """A ``char`` tokenizer of ``char_text`` or a ``sentencepiece`` one of ``train_lines``."""
     if kind == "char":
-        return tok.CharTokenizer.from_text(train_text)
+        return tok.CharTokenizer.from_text(char_text)
     if kind == "sentencepiece":
         return tok.SentencePieceTokenizer.train(train_lines, vocab_size)
     raise TextDataError(f"--tokenizer must be 'char' or 'sentencepiece'; got {kind!r}.")
 
 
 def resolve_tokenizer(kind: str, vocab_size: int, saved: tok.Tokenizer | None,
-                      train_lines: Sequence[str], train_text: str, where: str) -> tok.Tokenizer:
+                      train_lines: Sequence[str], char_text: str, where: str) -> tok.Tokenizer:
     """The tokenizer to use: the saved one (checked against the flags and data) or a new one.
 
     A character vocabulary is rebuilt from the text and compared with the saved one, so a
@@ -178,9 +182,9 @@ def resolve_tokenizer(kind: str, vocab_size: int, saved: tok.Tokenizer | None,
     retrained on resume: the saved one is used if the flags ask for the same kind and size.
     """
     if saved is None:
-        return build_tokenizer(kind, train_lines, train_text, vocab_size)
+        return build_tokenizer(kind, train_lines, char_text, vocab_size)
     if kind == "char":
-        new = tok.CharTokenizer.from_text(train_text)
+        new = tok.CharTokenizer.from_text(char_text)
         check_same_vocab(saved, new, where)
         return saved
     if saved.kind != kind or saved.vocab_size != vocab_size:
@@ -199,8 +203,9 @@ def load_text_dataset(path: str, tokenizer_kind: str = "char", vocab_size: int =
 
     Args:
       path: a UTF-8 text file.
-      tokenizer_kind: ``char`` (one token per character) or ``sentencepiece`` (trained on
-        the training part, one sentence per line; newlines become end-of-sentence).
+      tokenizer_kind: ``char`` (one token per character, every character of the file:
+        the held-out part is always readable) or ``sentencepiece`` (trained on the
+        training part, one sentence per line; newlines become end-of-sentence).
       vocab_size: the SentencePiece vocabulary size (ignored for ``char``).
       eval_fraction: the held-out fraction at the end of the text.
       saved: the tokenizer a run being resumed was trained with, if any.
@@ -209,8 +214,7 @@ def load_text_dataset(path: str, tokenizer_kind: str = "char", vocab_size: int =
     text = read_text_file(path)
     train_text, eval_text = split_text(text, eval_fraction)
     train_lines = train_text.split("\n")
-    tokenizer = resolve_tokenizer(tokenizer_kind, vocab_size, saved, train_lines, train_text,
-                                  where)
+    tokenizer = resolve_tokenizer(tokenizer_kind, vocab_size, saved, train_lines, text, where)
     if isinstance(tokenizer, tok.CharTokenizer):
         train, held = tokenizer.encode(train_text), tokenizer.encode(eval_text)
     else:

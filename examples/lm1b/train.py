@@ -1,0 +1,480 @@
+"""Trains a decoder-only Transformer language model on LM1b or any plain-text file.
+
+    # Tiny Shakespeare, character level (the README's run; from the repository root):
+    python -m examples.lm1b.train --text_file=../shared/data/tinyshakespeare.txt \\
+        --model_dir=/tmp/lm_shakespeare
+    # LM1b release files, SentencePiece vocabulary trained on the training text:
+    python -m examples.lm1b.train --lm1b_dir=/data/lm1b --model_dir=/tmp/lm1b \\
+        --vocab_size=32000 --emb_dim=512 --num_heads=8 --num_layers=6 --context=256
+
+Everything goes to --model_dir: ``checkpoints/``, ``tokenizer.json``, ``config.json``,
+TensorBoard event files, ``metrics.jsonl`` (plain metrics, one JSON object per line),
+``curves.png`` (training and held-out loss) and ``sample.txt``. ``--resume`` continues
+from the last checkpoint; the batches of step ``s`` depend only on ``(seed, s)``, so a
+resumed run sees the data an uninterrupted one would.
+
+Data parallel: the optimizer is replicated over all devices (``optimizer.replicate()``)
+and each batch is split over them (``parallel.shard_batch``); one ``jax.jit`` step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from tqdm import tqdm
+
+from flaxen import metrics, nn, optim, parallel
+from flaxen.errors import FlaxenError
+from flaxen.training import checkpoints
+
+try:  # as part of the repository's `examples` package (tests, `python -m examples.lm1b.train`)
+    from examples.lm1b import generate, input_pipeline, models
+    from examples.lm1b import tokenizer as tok
+except ImportError:  # as a script, `python examples/lm1b/train.py`, or in a forked copy
+    import generate  # type: ignore[no-redef]
+    import input_pipeline  # type: ignore[no-redef]
+    import models  # type: ignore[no-redef]
+    import tokenizer as tok  # type: ignore[no-redef]
+
+
+class RunConfigError(FlaxenError):
+    """--resume with flags that do not match the run in --model_dir."""
+
+
+@dataclasses.dataclass
+class TrainArgs:
+    """Everything a training run needs (the flags, as a plain object for tests)."""
+
+    model_dir: str
+    text_file: str | None = None
+    lm1b_dir: str | None = None
+    tokenizer: str = "char"
+    vocab_size: int = 8000
+    eval_fraction: float = 0.1
+    max_train_sentences: int | None = None
+    # Model.
+    emb_dim: int = 128
+    num_heads: int = 4
+    num_layers: int = 4
+    mlp_dim: int = 0  # 0: 4 * emb_dim
+    context: int = 64
+    max_len: int = 0  # 0: context
+    position: str = "learned"
+    tied_embeddings: bool = True
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    dtype: str = "float32"
+    # Optimisation.
+    batch_size: int = 12
+    num_train_steps: int = 2000
+    learning_rate: float = 1e-3
+    min_learning_rate: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    seed: int = 0
+    # Bookkeeping.
+    eval_every: int = 250
+    eval_batch_size: int = 64
+    eval_batches: int = 0  # 0: the whole held-out text
+    log_every: int = 50
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    resume: bool = False
+    stop_at_step: int = 0  # 0: num_train_steps; else stop there (continue with resume)
+    progress: bool = True
+    plot: bool = True
+    # Sampling at the end.
+    sample_length: int = 500
+    prompt: str = "\n"
+    temperature: float = 0.8
+    top_k: int = 40
+
+
+# -- Model, loss and schedule -------------------------------------------------------------
+
+
+def model_config(args: TrainArgs, vocab_size: int) -> models.LMConfig:
+    """The ``LMConfig`` the flags describe, for a vocabulary of ``vocab_size``."""
+    dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+    if args.dtype not in dtypes:
+        raise RunConfigError(f"--dtype must be float32 or bfloat16; got {args.dtype!r}.")
+    return models.LMConfig(
+        vocab_size=vocab_size, emb_dim=args.emb_dim, num_heads=args.num_heads,
+        num_layers=args.num_layers, mlp_dim=args.mlp_dim or 4 * args.emb_dim,
+        max_len=args.max_len or args.context, position=args.position,
+        tied_embeddings=args.tied_embeddings, dropout_rate=args.dropout_rate,
+        attention_dropout_rate=args.attention_dropout_rate, dtype=dtypes[args.dtype])
+
+
+def cross_entropy_sums(logits: jax.Array, targets: jax.Array,
+                       weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(sum of weighted -log p(target), sum of weights)``, both float32 scalars.
+
+    Args:
+      logits: float32 ``[batch, length, vocab]``.
+      targets: int32 ``[batch, length]``.
+      weights: float32 ``[batch, length]``: 1 for real tokens, 0 for padding.
+    """
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    return jnp.sum(nll * weights), jnp.sum(weights)
+
+
+def learning_rate_schedule(peak: float, warmup_steps: int, decay_steps: int,
+                           end: float) -> optim.schedules.Schedule:
+    """Linear warm-up to ``peak``, then cosine decay to ``end`` at ``decay_steps``."""
+    return optim.schedules.warmup_cosine(peak_value=peak, warmup_steps=warmup_steps,
+                                         decay_steps=max(decay_steps, warmup_steps + 1),
+                                         end_value=end)
+
+
+def _is_matrix(path: str, value: Any) -> bool:
+    return np.ndim(value) >= 2
+
+
+def _is_vector(path: str, value: Any) -> bool:
+    return np.ndim(value) < 2
+
+
+def create_optimizer(config: models.LMConfig, args: TrainArgs, rng: jax.Array) -> optim.Optimizer:
+    """A fresh AdamW optimizer on new parameters.
+
+    Decoupled weight decay applies to the matrices (kernels, embeddings) only, not to
+    biases and LayerNorm scales: one ``optim.Adam`` per group in an ``optim.MultiOptimizer``.
+    """
+    module = models.TransformerLM.partial(config=config)
+    _, params = module.init_by_shape(rng, [((1, config.max_len), jnp.int32)])
+    adam = functools.partial(optim.Adam, learning_rate=args.learning_rate, beta1=args.beta1,
+                             beta2=args.beta2)
+    opt_def = optim.MultiOptimizer(
+        (optim.ModelParamTraversal(_is_matrix), adam(weight_decay=args.weight_decay)),
+        (optim.ModelParamTraversal(_is_vector), adam(weight_decay=0.0)))
+    return opt_def.create(nn.Model(module, params))
+
+
+def global_norm(tree: Any) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
+@functools.partial(jax.jit, static_argnames=("schedule", "grad_clip"))
+def train_step(optimizer: optim.Optimizer, batch: dict[str, jax.Array], dropout_rng: jax.Array,
+               schedule: tuple[float, int, int, float],
+               grad_clip: float) -> tuple[optim.Optimizer, dict]:
+    """One update on ``batch``; gradients clipped to global norm ``grad_clip`` (0: off).
+
+    Args:
+      optimizer: the (replicated) optimizer.
+      batch: ``inputs``, ``targets`` (int32) and ``weights`` (float32), ``[batch, length]``,
+        sharded over the devices.
+      dropout_rng: the run's dropout key; each step folds in its step number.
+      schedule: ``(peak, warmup_steps, decay_steps, end)`` of the learning rate (static).
+      grad_clip: the largest global gradient norm (static).
+
+    Returns:
+      The new optimizer and ``{'loss', 'grad_norm', 'learning_rate'}`` (scalars).
+    """
+    step = optimizer.state.step
+    lr = learning_rate_schedule(*schedule)(step)
+
+    def loss_fn(model: nn.Model) -> tuple[jax.Array, jax.Array]:
+        logits = model(batch["inputs"], deterministic=False,
+                       _rng=jax.random.fold_in(dropout_rng, step))
+        loss_sum, weight_sum = cross_entropy_sums(logits, batch["targets"], batch["weights"])
+        return loss_sum / weight_sum, weight_sum
+
+    loss, _, grads = optimizer.compute_gradient(loss_fn)
+    norm = global_norm(grads)
+    if grad_clip > 0:
+        scale = jnp.minimum(1.0, grad_clip / (norm + 1e-6))
+        grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
+    optimizer = optimizer.apply_gradient(grads, learning_rate=lr)
+    return optimizer, {"loss": loss, "grad_norm": norm, "learning_rate": lr}
+
+
+@jax.jit
+def eval_step(model: nn.Model, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """``(loss sum, weight sum)`` of ``batch`` (no dropout)."""
+    logits = model(batch["inputs"], deterministic=True)
+    return cross_entropy_sums(logits, batch["targets"], batch["weights"])
+
+
+def evaluate(model: nn.Model, stream: np.ndarray, args: TrainArgs) -> dict[str, float]:
+    """Mean loss (nats per token) and perplexity over the held-out stream."""
+    loss_sum, weight_sum = 0.0, 0.0
+    for batch in input_pipeline.eval_batches(stream, args.eval_batch_size, args.context,
+                                             args.eval_batches or None):
+        ls, ws = eval_step(model, parallel.shard_batch(batch))
+        loss_sum += float(ls)
+        weight_sum += float(ws)
+    loss = loss_sum / max(weight_sum, 1.0)
+    return {"eval_loss": loss, "eval_perplexity": float(min(math.exp(loss), 1e4))}
+
+
+# -- Run directory --------------------------------------------------------------------------
+
+
+def load_dataset(args: TrainArgs, saved: tok.Tokenizer | None) -> input_pipeline.Dataset:
+    where = f"--model_dir={args.model_dir}"
+    if (args.text_file is None) == (args.lm1b_dir is None):
+        raise input_pipeline.TextDataError("Give exactly one of --text_file and --lm1b_dir.")
+    if args.text_file is not None:
+        return input_pipeline.load_text_dataset(args.text_file, args.tokenizer, args.vocab_size,
+                                                args.eval_fraction, saved, where)
+    return input_pipeline.load_lm1b_dataset(args.lm1b_dir or "", args.vocab_size,
+                                            args.max_train_sentences, saved=saved, where=where)
+
+
+def check_run_config(path: str, config: models.LMConfig, tokenizer: tok.Tokenizer) -> None:
+    """Raises RunConfigError if the run in ``path`` used another model configuration."""
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    if saved.get("tokenizer_fingerprint") != tokenizer.fingerprint():
+        raise input_pipeline.VocabMismatchError(
+            f"{path} was trained with vocabulary {saved.get('tokenizer_fingerprint')} "
+            f"({saved.get('model', {}).get('vocab_size')} tokens), but the tokenizer now has "
+            f"{tokenizer.fingerprint()} ({tokenizer.vocab_size} tokens). Resume with the "
+            "tokenizer.json of that run and the same data, or use a new --model_dir.")
+    now = config.to_json()
+    diff = {k: (saved["model"].get(k), v) for k, v in now.items() if saved["model"].get(k) != v}
+    if diff:
+        listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in
+                           ((k, *ab) for k, ab in sorted(diff.items())))
+        raise RunConfigError(f"--resume: the flags describe another model than the one in "
+                             f"{path} ({listed}). Use the same flags, or a new --model_dir.")
+
+
+def write_json(path: str, data: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def plot_curves(jsonl_path: str, out_path: str) -> None:
+    """Training and held-out loss against step, from ``metrics.jsonl``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = metrics.read_jsonl(jsonl_path)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("train_loss", "training"), ("eval_loss", "held-out")):
+        pts = sorted((r["step"], r[key]) for r in rows if key in r)
+        if pts:
+            ax.plot(*zip(*pts), label=label, marker="o" if key == "eval_loss" else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+
+
+# -- The loop ---------------------------------------------------------------------------------
+
+
+def train_and_evaluate(args: TrainArgs) -> dict[str, Any]:
+    """Trains, evaluates, checkpoints and samples. Returns the final metrics and timings.
+
+    Raises:
+      TextDataError: the text is missing, empty, binary or too short for the context.
+      VocabMismatchError: ``resume`` with data or flags that give another vocabulary.
+      RunConfigError: checkpoints exist without ``resume``, or ``resume`` with other flags.
+      ContextLengthError: ``context`` is longer than the position table ``max_len``.
+    """
+    os.makedirs(args.model_dir, exist_ok=True)
+    ckpt_dir = os.path.join(args.model_dir, "checkpoints")
+    tok_path = os.path.join(args.model_dir, "tokenizer.json")
+    cfg_path = os.path.join(args.model_dir, "config.json")
+    if checkpoints.latest_checkpoint(ckpt_dir) is not None and not args.resume:
+        raise RunConfigError(f"--model_dir={args.model_dir} already holds checkpoints; pass "
+                             "--resume to continue that run, or choose a new --model_dir.")
+    saved_tok = tok.load(tok_path) if args.resume and os.path.exists(tok_path) else None
+
+    dataset = load_dataset(args, saved_tok)
+    tokenizer = dataset.tokenizer
+    config = model_config(args, tokenizer.vocab_size)
+    if args.context > config.max_len:
+        raise models.ContextLengthError(
+            f"--context={args.context} is longer than the position table --max_len="
+            f"{config.max_len}. Use --context <= --max_len.")
+    input_pipeline.check_lengths(dataset, args.context)
+    if args.resume and os.path.exists(cfg_path):
+        check_run_config(cfg_path, config, tokenizer)
+    tok.save(tokenizer, tok_path)
+    write_json(cfg_path, {"model": config.to_json(), "context": args.context,
+                          "tokenizer_fingerprint": tokenizer.fingerprint(),
+                          "data": dataset.source})
+
+    init_rng, dropout_rng, sample_rng = jax.random.split(jax.random.PRNGKey(args.seed), 3)
+    optimizer = create_optimizer(config, args, init_rng)
+    if args.resume:
+        optimizer = checkpoints.restore_checkpoint(ckpt_dir, optimizer)
+    start = int(optimizer.state.step)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(optimizer.target.params))
+    logging.info("%d parameters; %d train / %d held-out tokens; vocabulary %d; from step %d",
+                 n_params, len(dataset.train), len(dataset.eval), tokenizer.vocab_size, start)
+    result: dict[str, Any] = {"start_step": start, "num_params": n_params,
+                              "vocab_size": tokenizer.vocab_size,
+                              "devices": jax.device_count()}
+    with metrics.SummaryWriter(args.model_dir) as tb, \
+            metrics.JsonlWriter(os.path.join(args.model_dir, "metrics.jsonl")) as plain:
+        def log(step: int, row: dict[str, float]) -> None:
+            for k, v in row.items():
+                tb.scalar(k, v, step)
+            plain.write(step, row)
+            result.update(row)
+
+        optimizer = _train_loop(optimizer.replicate(), dataset, args, dropout_rng, ckpt_dir,
+                                start, log, result)
+        if result["final_step"] == start:  # nothing to train: still report the held-out loss
+            result.update(evaluate(optimizer.target, dataset.eval, args))
+        if args.sample_length > 0:
+            params = optimizer.unreplicate().target.params
+            text = generate.sample_text(params, config, tokenizer, args.prompt,
+                                        args.sample_length, sample_rng, args.temperature,
+                                        args.top_k)
+            result["sample"] = text
+            with open(os.path.join(args.model_dir, "sample.txt"), "w", encoding="utf-8") as f:
+                f.write(text)
+            tb.text("sample", text, result["final_step"])
+    if args.plot:
+        plot_curves(os.path.join(args.model_dir, "metrics.jsonl"),
+                    os.path.join(args.model_dir, "curves.png"))
+    return result
+
+
+def _train_loop(optimizer: optim.Optimizer, dataset: input_pipeline.Dataset, args: TrainArgs,
+                dropout_rng: jax.Array, ckpt_dir: str, start: int, log: Any,
+                result: dict[str, Any]) -> optim.Optimizer:
+    """Steps ``start`` to ``num_train_steps`` (or ``stop_at_step``), with evals and saves.
+
+    Adds ``final_step``, ``wall_time_sec`` and ``train_tokens_per_sec`` (training steps
+    only: the first, compiling step and the time spent in evaluation, checkpointing and
+    logging are left out) to ``result``.
+    """
+    end = min(args.stop_at_step or args.num_train_steps, args.num_train_steps)
+    schedule = (args.learning_rate, args.warmup_steps, args.num_train_steps,
+                args.min_learning_rate)
+    batches = input_pipeline.train_batches(dataset.train, args.batch_size, args.context,
+                                           args.seed, start)
+    pending: list[dict] = []
+    t_start = time.perf_counter()
+    t_first = None  # when the first (compiling) step finished
+    t_aside = 0.0  # seconds spent outside training steps after that
+    bar = tqdm(range(start, end), initial=start, total=args.num_train_steps,
+               disable=not args.progress, desc="train", unit="step")
+    for step in bar:
+        batch = parallel.shard_batch(next(batches))
+        optimizer, m = train_step(optimizer, batch, dropout_rng, schedule, args.grad_clip)
+        pending.append(m)
+        done = step + 1
+        if step == start:
+            jax.block_until_ready(m)
+            t_first = time.perf_counter()
+        is_log = done % args.log_every == 0 or done == end
+        is_eval = done % args.eval_every == 0 or done == end
+        is_save = done % args.checkpoint_every == 0 or done == end
+        if not (is_log or is_eval or is_save):
+            continue
+        jax.block_until_ready(optimizer)
+        t_in = time.perf_counter()
+        if is_log:
+            host = jax.device_get(pending)
+            pending = []
+            row = {"train_loss": float(np.mean([h["loss"] for h in host])),
+                   "grad_norm": float(np.mean([h["grad_norm"] for h in host])),
+                   "learning_rate": float(host[-1]["learning_rate"])}
+            if t_first is not None and done > start + 1:
+                row["tokens_per_sec"] = ((done - start - 1) * args.batch_size * args.context
+                                         / (t_in - t_first - t_aside))
+            bar.set_postfix(loss=f"{row['train_loss']:.3f}")
+            log(done, row)
+        if is_eval:
+            ev = evaluate(optimizer.target, dataset.eval, args)
+            bar.write(f"step {done}: held-out loss {ev['eval_loss']:.4f} "
+                      f"(perplexity {ev['eval_perplexity']:.2f})")
+            log(done, ev)
+        if is_save:
+            checkpoints.save_checkpoint(ckpt_dir, optimizer.unreplicate(), done,
+                                        keep=args.keep_checkpoints)
+        if t_first is not None:
+            t_aside += time.perf_counter() - t_in
+    bar.close()
+    result["final_step"] = max(start, end)
+    result["wall_time_sec"] = time.perf_counter() - t_start
+    if "tokens_per_sec" in result:
+        result["train_tokens_per_sec"] = result.pop("tokens_per_sec")
+    return optimizer
+
+
+# -- Command line -----------------------------------------------------------------------------
+
+_HELP = {
+    "model_dir": "Where checkpoints, tokenizer, metrics, TensorBoard events and plots go.",
+    "text_file": "Train on this plain UTF-8 text file (first 90% trains, the rest evaluates).",
+    "lm1b_dir": "The extracted LM1b release (see README.md).",
+    "tokenizer": "char (one token per character) or sentencepiece (trained on the training "
+                 "text). LM1b always uses sentencepiece.",
+    "vocab_size": "SentencePiece vocabulary size.",
+    "context": "Tokens per training sequence.",
+    "max_len": "Rows of the position table (0: --context).",
+    "dtype": "Computation dtype: float32 or bfloat16 (params stay float32).",
+    "resume": "Continue from the last checkpoint in --model_dir.",
+}
+
+
+def _define_flags() -> None:
+    for field in dataclasses.fields(TrainArgs):
+        name, default = field.name, field.default
+        help_text = _HELP.get(name, name.replace("_", " ") + ".")
+        if name == "max_train_sentences":
+            flags.DEFINE_integer(name, None, "LM1b: use only the first N training sentences.")
+        elif name in ("text_file", "lm1b_dir"):
+            flags.DEFINE_string(name, None, help_text)
+        elif name == "model_dir":
+            flags.DEFINE_string(name, None, help_text, required=True)
+        elif isinstance(default, bool):
+            flags.DEFINE_bool(name, default, help_text)
+        elif isinstance(default, int):
+            flags.DEFINE_integer(name, default, help_text)
+        elif isinstance(default, float):
+            flags.DEFINE_float(name, default, help_text)
+        else:
+            flags.DEFINE_string(name, default, help_text)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    FLAGS = flags.FLAGS
+    args = TrainArgs(**{f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(TrainArgs)})
+    if args.lm1b_dir is not None and not FLAGS["tokenizer"].present:
+        args.tokenizer = "sentencepiece"
+    result = train_and_evaluate(args)
+    summary = {k: v for k, v in result.items() if k != "sample"}
+    print(json.dumps(summary, indent=1))
+    if "sample" in result:
+        print("--- sample ---\n" + result["sample"])
+
+
+if __name__ == "__main__":
+    # Flags are defined only when run as a program, so that tests can import this module
+    # next to other examples that define flags of the same names.
+    _define_flags()
+    app.run(main)
