@@ -54,9 +54,9 @@ def _walk(tree, prefix=""):
 
 @pytest.mark.slow
 def test_resnet50_param_count_with_init_by_shape():
-    # Compiles all the initializers (about 10-20 s on a small CPU), hence slow.
+    # Compiles all the initializers (10-50 s on a small, busy CPU), hence slow.
     with nn.stateful():
-        out, params = models.ResNet50.init_by_shape(jax.random.PRNGKey(0),
+        out, params = models.ResNet50.init_by_shape(jax.random.key(0, impl="rbg"),
                                                     [((1, 64, 64, 3), jnp.float32)])
     assert _count(params) == 25_557_032
     assert out.shape == (1, 1000) and out.dtype == jnp.float32
