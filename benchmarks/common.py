@@ -97,3 +97,8 @@ def load_example(name: str) -> Any:
     if root not in sys.path:
         sys.path.insert(0, root)
     return importlib.import_module(f"examples.{name}.models")
+
+
+def add_bias(x: jax.Array, b: jax.Array) -> jax.Array:
+    """``x + b`` over the last axis, with explicit rank (valid under strict rank promotion)."""
+    return x + b.reshape((1,) * (x.ndim - 1) + b.shape)

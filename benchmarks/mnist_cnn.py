@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from benchmarks import classifier
-from benchmarks.common import batch, require_attr
+from benchmarks.common import add_bias, batch, require_attr
 from benchmarks.harness import Row, interleaved, rows_from_times
 
 BATCH = 128
@@ -49,11 +49,12 @@ def plain_apply(params: dict[str, Any], x: jax.Array) -> jax.Array:
     for i in range(len(CONVS)):
         p = params[f"Conv_{i}"]
         x = lax.conv_general_dilated(x, p["kernel"], (1, 1), "SAME",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["bias"]
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        x = add_bias(x, p["bias"])
         x = _avg_pool(jax.nn.relu(x))
     x = x.reshape((x.shape[0], -1))
-    x = jax.nn.relu(x @ params["Dense_2"]["kernel"] + params["Dense_2"]["bias"])
-    x = x @ params["Dense_3"]["kernel"] + params["Dense_3"]["bias"]
+    x = jax.nn.relu(add_bias(x @ params["Dense_2"]["kernel"], params["Dense_2"]["bias"]))
+    x = add_bias(x @ params["Dense_3"]["kernel"], params["Dense_3"]["bias"])
     return jax.nn.log_softmax(x)
 
 
