@@ -23,6 +23,7 @@ import dataclasses
 import io
 import math
 import threading
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,13 @@ FORMAT_VERSION = 1
 _FORMAT_KEY = "__flaxen_format__"
 _TREE_KEY = "tree"
 _CHUNKED_KEY = "__flaxen_chunked_array__"
+
+_CRC_KEY = "crc32"
+# The end of every file: the key "crc32", a bin-8 header of length 4, then the checksum.
+_CRC_TRAILER = msgpack.packb(_CRC_KEY) + b"\xc4\x04"
+
+# The start of every file: a 3-entry map whose first key is the format key.
+_HEAD = b"\x83" + msgpack.packb(_FORMAT_KEY)
 
 _EXT_NDARRAY = 1
 _EXT_COMPLEX = 2
@@ -378,22 +386,51 @@ def _ext_pack(x: Any) -> msgpack.ExtType:
     )
 
 
-def msgpack_serialize(pytree: Any) -> bytes:
-    """Encodes a state dict (nested dicts/lists of arrays and scalars) as msgpack bytes.
-
-    The result is a map ``{'__flaxen_format__': FORMAT_VERSION, 'tree': pytree}``.
+def msgpack_serialize_parts(pytree: Any) -> list[bytes]:
+    """The bytes of ``msgpack_serialize(pytree)`` as a few pieces, to write without joining.
 
     Raises:
       SerializationError: a value has no byte encoding (object dtype, custom class,
         non-str dict key).
     """
-    envelope = {_FORMAT_KEY: FORMAT_VERSION, _TREE_KEY: _prepare(pytree)}
+    prepared = _prepare(pytree)
+    head = _HEAD + msgpack.packb(FORMAT_VERSION) + msgpack.packb(_TREE_KEY)
     try:
-        return msgpack.packb(envelope, default=_ext_pack, strict_types=True)
+        body = msgpack.packb(prepared, default=_ext_pack, strict_types=True)
     except (OverflowError, TypeError, ValueError) as e:
         if isinstance(e, SerializationError):
             raise
         raise SerializationError(f"Cannot serialize the tree: {e}") from e
+    crc = zlib.crc32(_CRC_TRAILER, zlib.crc32(body, zlib.crc32(head)))
+    return [head, body, _CRC_TRAILER + crc.to_bytes(4, "big")]
+
+
+def msgpack_serialize(pytree: Any) -> bytes:
+    """Encodes a state dict (nested dicts/lists of arrays and scalars) as msgpack bytes.
+
+    The result is a msgpack map ``{'__flaxen_format__': FORMAT_VERSION, 'tree': pytree,
+    'crc32': checksum}``; the CRC-32 (4 bytes, big-endian, last in the data) covers every
+    byte before it.
+
+    Raises:
+      SerializationError: a value has no byte encoding (object dtype, custom class,
+        non-str dict key).
+    """
+    return b"".join(msgpack_serialize_parts(pytree))
+
+
+def _verify_checksum(data: memoryview) -> bool:
+    """Checks the trailing CRC-32 of flaxen data; False for plain (pre-release) msgpack."""
+    if bytes(data[:len(_HEAD)]) != _HEAD:
+        return False
+    if (len(data) < len(_HEAD) + 12 or bytes(data[-12:-4]) != _CRC_TRAILER
+            or zlib.crc32(data[:-4]) != int.from_bytes(data[-4:], "big")):
+        raise SerializationError(
+            "Damaged data: the file is truncated or some of its bytes changed after it was "
+            "written (checksum mismatch; disk or transfer corruption). Restore an older "
+            "checkpoint or a backup copy."
+        )
+    return True
 
 
 def _check_int_list(what: str, xs: Any) -> list[int]:
@@ -511,6 +548,7 @@ def msgpack_restore(encoded_pytree: bytes) -> Any:
     if not isinstance(encoded_pytree, bytes | bytearray | memoryview):
         raise SerializationError(
             f"msgpack_restore expects bytes, got {type(encoded_pytree).__name__}.")
+    checked = _verify_checksum(memoryview(encoded_pytree).cast("B"))
     try:
         tree = msgpack.unpackb(encoded_pytree, ext_hook=_ext_hook, raw=False,
                                strict_map_key=True, use_list=True)
@@ -526,13 +564,15 @@ def msgpack_restore(encoded_pytree: bytes) -> Any:
         ) from e
     if isinstance(tree, dict) and _FORMAT_KEY in tree:
         version = tree[_FORMAT_KEY]
-        if type(version) is not int or set(tree) != {_FORMAT_KEY, _TREE_KEY}:
+        if type(version) is not int:
             raise SerializationError("Damaged data: malformed format header.")
         if version > FORMAT_VERSION or version < 1:
             raise SerializationError(
                 f"The data has format version {version}, but this flaxen reads versions "
                 f"1 to {FORMAT_VERSION}. Upgrade flaxen to read it."
             )
+        if not checked or set(tree) != {_FORMAT_KEY, _TREE_KEY, _CRC_KEY}:
+            raise SerializationError("Damaged data: malformed format header.")
         tree = tree[_TREE_KEY]
     return _finish(tree)
 

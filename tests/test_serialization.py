@@ -2,6 +2,7 @@
 
 import collections
 import struct as pystruct
+import zlib
 
 import hypothesis
 import hypothesis.strategies as st
@@ -200,11 +201,16 @@ def test_few_hundred_mb_array(monkeypatch):
 
 def test_format_version_is_written_and_checked():
     data = serialization.msgpack_serialize({"a": 1})
-    assert msgpack.unpackb(data) == {"__flaxen_format__": serialization.FORMAT_VERSION,
-                                     "tree": {"a": 1}}
-    newer = msgpack.packb({"__flaxen_format__": serialization.FORMAT_VERSION + 1, "tree": {}})
+    envelope = msgpack.unpackb(data)
+    assert envelope["__flaxen_format__"] == serialization.FORMAT_VERSION
+    assert envelope["tree"] == {"a": 1}
+    assert envelope["crc32"] == zlib.crc32(data[:-4]).to_bytes(4, "big") == data[-4:]
+    assert b"".join(serialization.msgpack_serialize_parts({"a": 1})) == data
+    newer = bytearray(data)
+    newer[19] = serialization.FORMAT_VERSION + 1  # the version (a positive fixint)
+    newer[-4:] = zlib.crc32(bytes(newer[:-4])).to_bytes(4, "big")
     with pytest.raises(SerializationError, match="Upgrade flaxen"):
-        serialization.msgpack_restore(newer)
+        serialization.msgpack_restore(bytes(newer))
     # Plain msgpack without the envelope (as the pre-release wrote) still reads.
     assert serialization.msgpack_restore(msgpack.packb({"a": 1})) == {"a": 1}
 
@@ -216,7 +222,9 @@ def _ext_array(shape, dtype, data):
 @pytest.mark.parametrize("payload,match", [
     (b"", "incomplete|valid"),
     (b"\xc1", "valid"),  # a reserved msgpack byte
-    (msgpack.packb({"__flaxen_format__": "1", "tree": 1}), "header"),
+    (msgpack.packb({"__flaxen_format__": 1, "tree": 1}), "header"),
+    (msgpack.packb({"__flaxen_format__": 1, "tree": 1, "crc32": b"abcd"}), "checksum"),
+    (msgpack.packb({"tree": 1, "__flaxen_format__": 1}), "header"),
     (msgpack.packb(_ext_array([2**40, 2**40], "float32", b"")), "needs"),
     (msgpack.packb(_ext_array([3], "float32", b"\x00" * 11)), "needs 12 bytes"),
     (msgpack.packb(_ext_array([-1], "float32", b"")), "non-negative"),
@@ -321,3 +329,18 @@ def test_typed_prng_keys_round_trip_as_key_data():
     # The restored key draws the same numbers as the saved one.
     np.testing.assert_array_equal(jax.random.normal(back["one"], (3,)),
                                   jax.random.normal(keys["one"], (3,)))
+
+
+def test_checksum_catches_silent_corruption_of_array_data():
+    data = serialization.to_bytes({"w": np.arange(64, dtype=np.float32)})
+    for i in (len(data) // 2, len(data) - 5, 20):
+        flipped = bytearray(data)
+        flipped[i] ^= 0x04  # one bit: the msgpack structure stays valid
+        with pytest.raises(SerializationError, match="checksum mismatch"):
+            serialization.msgpack_restore(bytes(flipped))
+    # Without the checksum the reader would have returned wrong values silently.
+    tree = msgpack.unpackb(data, ext_hook=msgpack.ExtType)["tree"]
+    legacy = bytearray(msgpack.packb(tree))
+    legacy[len(legacy) // 2] ^= 0x04
+    wrong = serialization.msgpack_restore(bytes(legacy))["w"]
+    assert not np.array_equal(wrong, np.arange(64, dtype=np.float32))

@@ -154,13 +154,14 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _write_file(path: str, data: bytes) -> None:
+def _write_file(path: str, parts: list[bytes]) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        for part in parts:
+            view = memoryview(part)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -224,7 +225,8 @@ def save_checkpoint(ckpt_dir: str | os.PathLike[str], target: Any, step: int | f
     step_text = _step_str(step)
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
         raise CheckpointError(f"keep must be an int >= 1, got {keep!r}.")
-    data = serialization.to_bytes(target)  # in a multi-process run: gathers (collective)
+    # In a multi-process run this gathers arrays sharded across processes (a collective).
+    data = serialization.msgpack_serialize_parts(serialization.to_state_dict(target))
     if jax.process_count() == 1:
         return _save_bytes(ckpt_dir, data, step_text, prefix, keep, overwrite)
     # Several processes: process 0 writes; the barrier means that when save_checkpoint
@@ -239,7 +241,7 @@ def save_checkpoint(ckpt_dir: str | os.PathLike[str], target: Any, step: int | f
         multihost_utils.sync_global_devices(f"flaxen.save_checkpoint:{prefix}{step_text}")
 
 
-def _save_bytes(ckpt_dir: str, data: bytes, step_text: str, prefix: str, keep: int,
+def _save_bytes(ckpt_dir: str, data: list[bytes], step_text: str, prefix: str, keep: int,
                 overwrite: bool) -> str:
     final = os.path.join(ckpt_dir, prefix + step_text)
     try:
