@@ -29,16 +29,19 @@ def naive_attention(q, k, v, bias=None):
     return out
 
 
+def _randn(*shape, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
 def _qkv(rng, b=2, lq=3, lk=4, h=2, d=3, dv=5):
-    k1, k2, k3 = jax.random.split(rng, 3)
-    return (jax.random.normal(k1, (b, lq, h, d)), jax.random.normal(k2, (b, lk, h, d)),
-            jax.random.normal(k3, (b, lk, h, dv)))
+    del rng
+    return _randn(b, lq, h, d, seed=1), _randn(b, lk, h, d, seed=2), _randn(b, lk, h, dv, seed=3)
 
 
 @pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 5e-2)])
 def test_dot_product_attention_matches_naive(rng, dtype, tol):
     q, k, v = _qkv(rng)
-    bias = jax.random.normal(rng, (2, 1, 3, 4))
+    bias = _randn(2, 1, 3, 4)
     fast = nn.dot_product_attention(q, k, v, dtype=dtype, bias=bias)
     assert fast.dtype == dtype
     ref = naive_attention(_np(q), _np(k), _np(v), _np(bias))
@@ -51,7 +54,9 @@ def test_dot_product_attention_matches_naive(rng, dtype, tol):
 
 def test_boolean_mask_equals_additive_bias(rng):
     q, k, v = _qkv(rng)
-    mask = jax.random.bernoulli(rng, 0.7, (2, 2, 3, 4)).at[..., 0].set(True)
+    mask = np.random.default_rng(0).random((2, 2, 3, 4)) < 0.7
+    mask[..., 0] = True
+    mask = jnp.asarray(mask)
     a = nn.dot_product_attention(q, k, v, mask=mask)
     b = nn.dot_product_attention(q, k, v, bias=mask)  # bool bias is a mask
     ref = naive_attention(_np(q), _np(k), _np(v), np.where(np.asarray(mask), 0.0, -1e10))
@@ -61,10 +66,7 @@ def test_boolean_mask_equals_additive_bias(rng):
 
 def test_two_axis_attention_matches_flattened(rng):
     # Attention over a 2x3 grid equals 1-D attention over the 6 flattened positions.
-    k1, k2, k3 = jax.random.split(rng, 3)
-    q = jax.random.normal(k1, (1, 2, 3, 2, 4))
-    k = jax.random.normal(k2, (1, 2, 3, 2, 4))
-    v = jax.random.normal(k3, (1, 2, 3, 2, 4))
+    q, k, v = (_randn(1, 2, 3, 2, 4, seed=i) for i in range(3))
     y = nn.dot_product_attention(q, k, v)
     flat = lambda a: _np(a).reshape(1, 6, 2, 4)
     ref = naive_attention(flat(q), flat(k), flat(v)).reshape(1, 2, 3, 2, 4)
@@ -122,34 +124,33 @@ def _mha_ref(params, xq, xkv, heads, bias=None):
 
 def _randomize(params, rng):
     leaves, tree = jax.tree.flatten(params)
-    ks = jax.random.split(rng, len(leaves))
-    return jax.tree.unflatten(tree, [jax.random.normal(k, x.shape) * 0.5
-                                     for k, x in zip(ks, leaves)])
+    return jax.tree.unflatten(tree, [_randn(*x.shape, seed=i) * 0.5
+                                     for i, x in enumerate(leaves)])
 
 
 def test_multi_head_attention_matches_reference(rng):
-    xq = jax.random.normal(rng, (2, 3, 4))
-    xkv = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 6))
-    y, params = nn.MultiHeadDotProductAttention.init(rng, xq, xkv, num_heads=2,
-                                                     qkv_features=8, out_features=3)
+    xq, xkv = _randn(2, 3, 4, seed=4), _randn(2, 5, 6, seed=5)
+    _, params = nn.MultiHeadDotProductAttention.init_by_shape(
+        rng, [xq.shape, xkv.shape], num_heads=2, qkv_features=8, out_features=3)
     shapes = jax.tree.map(jnp.shape, params)
     assert shapes == {"query": {"kernel": (4, 2, 4), "bias": (2, 4)},
                       "key": {"kernel": (6, 2, 4), "bias": (2, 4)},
                       "value": {"kernel": (6, 2, 4), "bias": (2, 4)},
                       "out": {"kernel": (2, 4, 3), "bias": (3,)}}
     params = _randomize(params, rng)
-    y = nn.MultiHeadDotProductAttention.call(params, xq, xkv, num_heads=2, qkv_features=8,
-                                             out_features=3)
+    y = jax.jit(lambda p: nn.MultiHeadDotProductAttention.call(
+        p, xq, xkv, num_heads=2, qkv_features=8, out_features=3))(params)
     np.testing.assert_allclose(np.asarray(y), _mha_ref(params, xq, xkv, 2), rtol=1e-4,
                                atol=1e-4)
 
 
 def test_self_attention_masks(rng):
-    x = jax.random.normal(rng, (2, 4, 4))
+    x = _randn(2, 4, 4, seed=6)
     pad = jnp.array([[1, 1, 1, 0], [1, 1, 0, 0]], jnp.bool_)
-    _, params = nn.SelfAttention.init(rng, x, num_heads=2)
+    _, params = nn.SelfAttention.init_by_shape(rng, [x.shape], num_heads=2)
     params = _randomize(params, rng)
-    y = nn.SelfAttention.call(params, x, num_heads=2, causal_mask=True, padding_mask=pad)
+    y = jax.jit(lambda p: nn.SelfAttention.call(p, x, num_heads=2, causal_mask=True,
+                                                padding_mask=pad))(params)
     allowed = np.tril(np.ones((4, 4), bool))[None] & np.asarray(pad)[:, :, None] & \
         np.asarray(pad)[:, None, :]
     bias = np.where(allowed, 0.0, -1e10)[:, None]
@@ -178,9 +179,10 @@ class Decoder(nn.Module):
 
 
 def test_decoding_with_cache_equals_full_causal_pass(rng):
-    x = jax.random.normal(rng, (2, 5, 3))
-    full, params = Decoder.init(rng, x)
-    _, cache = Decoder.call_with_state(params, None, jnp.zeros_like(x), decode=True)
+    x = _randn(2, 5, 3, seed=7)
+    full, params = jax.jit(lambda x: Decoder.init(rng, x))(x)
+    _, cache = jax.jit(lambda p, x: Decoder.call_with_state(p, None, x, decode=True))(
+        params, jnp.zeros_like(x))
     assert cache["/SelfAttention_1"]["cached_key"].shape == (2, 5, 2, 2)
     step = jax.jit(lambda c, xt: Decoder.call_with_state(params, c, xt, decode=True))
     outs = []
@@ -194,9 +196,25 @@ def test_decoding_with_cache_equals_full_causal_pass(rng):
 
 def test_decoding_errors(rng):
     x = jnp.ones((1, 4, 3))
-    _, params = Decoder.init(rng, x)
+    _, params = Decoder.init_by_shape(rng, [x.shape])
     with pytest.raises(MissingStateError):
         Decoder.call(params, x, decode=True)
     _, cache = Decoder.call_with_state(params, None, x, decode=True)
     with pytest.raises(ShapeError, match=r"Decoder/SelfAttention_1.*one position"):
         Decoder.call_with_state(params, cache, x[:, :2], decode=True)
+
+
+def test_decoding_inside_lax_scan(rng):
+    # The cache is an ordinary pytree: it can be the carry of a scan (or a while_loop).
+    x = _randn(1, 4, 3, seed=8)
+    full, params = jax.jit(lambda x: Decoder.init(rng, x))(x)
+    _, cache = jax.jit(lambda p, x: Decoder.call_with_state(p, None, x, decode=True))(
+        params, jnp.zeros_like(x))
+
+    def step(cache, xt):
+        y, cache = Decoder.call_with_state(params, cache, xt[:, None], decode=True)
+        return cache, y[:, 0]
+
+    _, ys = jax.jit(lambda c, xs: jax.lax.scan(step, c, xs))(cache, jnp.swapaxes(x, 0, 1))
+    np.testing.assert_allclose(np.asarray(jnp.swapaxes(ys, 0, 1)), np.asarray(full),
+                               rtol=1e-5, atol=1e-5)
