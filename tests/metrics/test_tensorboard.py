@@ -125,6 +125,9 @@ def test_events_parse_with_protobuf_reference(tmp_path):
     pytest.importorskip("google.protobuf")
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+    if not hasattr(message_factory, "GetMessageClass"):
+        pytest.skip("protobuf older than 4.21")
+
     f = descriptor_pb2.FileDescriptorProto(name="ev.proto", package="t", syntax="proto3")
     T = descriptor_pb2.FieldDescriptorProto
 
