@@ -46,6 +46,18 @@ class OptimizerState:
     param_states: Any
 
 
+# jit rebuilds the returned Optimizer and OptimizerState on every call (pytree unflatten
+# calls __init__). A frozen dataclass __init__ goes through object.__setattr__ per field;
+# writing __dict__ directly builds the same object in about half the time.
+def _state_init(self: Any, step: Any, param_states: Any) -> None:
+    d = self.__dict__
+    d["step"] = step
+    d["param_states"] = param_states
+
+
+OptimizerState.__init__ = _state_init  # type: ignore[method-assign]
+
+
 def _is_concrete(value: Any) -> bool:
     return not isinstance(value, jax.core.Tracer)
 
@@ -299,6 +311,12 @@ class Optimizer:
     optimizer_def: OptimizerDef = struct.field(pytree_node=False)
     state: OptimizerState
     target: Any
+
+    def __init__(self, optimizer_def: OptimizerDef, state: OptimizerState, target: Any):
+        d = self.__dict__  # fast path, see _state_init
+        d["optimizer_def"] = optimizer_def
+        d["state"] = state
+        d["target"] = target
 
     def apply_gradient(self, grads: Any, **hyper_param_overrides: Any) -> Optimizer:
         """A new optimizer after one update with ``grads`` (same structure as ``target``).
