@@ -189,6 +189,12 @@ class OptimizerDef:
                     raise errors.HyperParamError(
                         opt, name, "changes the structure of the update and is fixed at "
                         "construction", f"Create a new `{opt}({name}=...)` instead.")
+                if callable(default):
+                    raise errors.HyperParamError(
+                        opt, name, "was created as a schedule (a callable), which optax "
+                        "evaluates on its own step count; it cannot also be set per step",
+                        f"Either pass numbers per step, `{opt}()` + `apply_gradient(grads, "
+                        f"{name}=schedule(step))`, or keep the schedule in the constructor.")
                 if name in self._switch_names and default in (0, None):
                     raise errors.HyperParamError(
                         opt, name, f"was created as {default!r}, which leaves that part out "

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from flaxen import nn, optim
+from flaxen import errors, nn, optim
 
 
 class MLP(nn.Module):
@@ -230,3 +230,14 @@ def test_pre_release_per_leaf_optimizer_def():
     np.testing.assert_allclose(opt.target["w"], [1 - 0.1 * 1.0 - 1.5] * 2, rtol=1e-6)
     np.testing.assert_allclose(opt.target["b"]["c"], -0.05 - 0.75, rtol=1e-6)
     assert int(opt.state.step) == 2
+
+
+def test_schedule_in_constructor_is_evaluated_by_optax():
+    sched = optim.schedules.linear_warmup(1.0, warmup_steps=4)  # 0, .25, .5, ...
+    opt = optim.SGD(sched).create({"w": jnp.ones(())})
+    step = jax.jit(lambda o: o.apply_gradient({"w": jnp.ones(())}))
+    for _ in range(3):
+        opt = step(opt)
+    np.testing.assert_allclose(opt.target["w"], 1.0 - 0.75)
+    with pytest.raises(errors.HyperParamError, match="schedule"):
+        opt.apply_gradient({"w": jnp.ones(())}, learning_rate=0.1)
