@@ -349,6 +349,8 @@ def _prepare(x: Any, depth: int = 0) -> Any:
         return [_prepare(v, depth + 1) for v in x]
     if isinstance(x, jax.Array):
         x = _host_array(jax.random.key_data(x) if is_key_array(x) else x)
+    if isinstance(x, np.ndarray | np.generic) and not x.dtype.isnative:
+        x = x.astype(x.dtype.newbyteorder("="))  # files hold native (little-endian) bytes
     if isinstance(x, np.ndarray):
         _dtype_name(x.dtype)
         if x.nbytes > _MAX_CHUNK_BYTES:

@@ -349,3 +349,11 @@ def test_checksum_catches_silent_corruption_of_array_data():
     legacy[len(legacy) // 2] ^= 0x04
     wrong = serialization.msgpack_restore(bytes(legacy))["w"]
     assert not np.array_equal(wrong, np.arange(64, dtype=np.float32))
+
+
+def test_big_endian_arrays_are_written_native():
+    x = np.arange(5, dtype=">f4")
+    back = serialization.msgpack_restore(serialization.msgpack_serialize({"x": x, "s": x[1]}))
+    assert back["x"].dtype == np.dtype("float32") and back["x"].dtype.isnative
+    np.testing.assert_array_equal(back["x"], np.arange(5, dtype=np.float32))
+    assert back["s"] == np.float32(1)
