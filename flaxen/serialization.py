@@ -209,7 +209,12 @@ def _expect_dict(target: Any, state: Any) -> dict[str, Any]:
 
 
 def _dict_to_state_dict(xs: dict[Any, Any]) -> dict[str, Any]:
-    return {str(k): to_state_dict(v) for k, v in xs.items()}
+    out = {str(k): to_state_dict(v) for k, v in xs.items()}
+    if len(out) != len(xs):
+        raise SerializationError(
+            f"The dict keys {sorted(map(repr, xs))[:10]} collide once turned into strings "
+            "(state dict keys are str); rename them.")
+    return out
 
 
 def _dict_from_state_dict(xs: dict[Any, Any], state: Any) -> dict[Any, Any]:

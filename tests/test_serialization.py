@@ -177,6 +177,8 @@ def test_unserializable_values_error():
         serialization.msgpack_serialize({"x": np.array([object()])})
     with pytest.raises(SerializationError, match="str dict keys"):
         serialization.msgpack_serialize({1: 2})
+    with pytest.raises(SerializationError, match="collide"):
+        serialization.to_state_dict({1: 1, "1": 2})
     with pytest.raises(SerializationError, match="type set"):
         serialization.msgpack_serialize({"x": {1, 2}})
 
