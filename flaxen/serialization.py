@@ -187,11 +187,15 @@ def is_key_array(x: Any) -> bool:
 def _restore_leaf(target: Any, state: Any) -> Any:
     """Puts a restored leaf where the target's leaf lives (same device placement)."""
     if isinstance(state, np.ndarray | np.generic):
-        if is_key_array(target) and isinstance(target, jax.Array):
-            keys = jax.random.wrap_key_data(state, impl=jax.random.key_impl(target))
-            return jax.device_put(keys, target.sharding)
         if isinstance(target, jax.Array) and not isinstance(target, jax.core.Tracer):
-            return jax.device_put(state, target.sharding)
+            if is_key_array(target):
+                state = jax.random.wrap_key_data(state, impl=jax.random.key_impl(target))
+            # Same placement, and same committedness: an uncommitted target (made by
+            # jnp/init on the default device) gives an uncommitted array, so a jitted step
+            # compiled for the target is not compiled again for the restored value.
+            if getattr(target, "committed", True):
+                return jax.device_put(state, target.sharding)
+            return jax.device_put(state)
         if isinstance(target, jax.ShapeDtypeStruct):
             sharding = getattr(target, "sharding", None)
             return jax.device_put(state, sharding) if sharding is not None else jax.numpy.asarray(
