@@ -25,6 +25,6 @@ def test_sigkilled_savers_never_leave_a_broken_latest_checkpoint(tmp_path):
     assert stats["errors"] == [] and stats["lost"] == 0 and stats["mismatched"] == 0
     # Every round after the first save ended with a verified restore.
     assert stats["restores"] + stats["no_checkpoint_yet"] == KILLS
-    assert stats["restores"] >= KILLS // 2
-    assert stats["saves_completed"] > 0
+    assert stats["restores"] >= KILLS // 10  # every tenth round waits for a completed save
+    assert stats["saves_completed"] >= KILLS // 10
     assert proc.returncode == 0, proc.stderr[-2000:]
