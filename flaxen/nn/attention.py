@@ -55,7 +55,7 @@ def mask_to_bias(mask: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
 
 
 def _check_attention_args(q: jax.Array, k: jax.Array, v: jax.Array,
-                          axis: Sequence[int] | None) -> tuple[int, ...]:
+                          axis: int | Sequence[int] | None) -> tuple[int, ...]:
     path = where()
     if not q.ndim == k.ndim == v.ndim or q.ndim < 4:
         raise ShapeError(path, "query/key/value ranks", "equal ranks >= 4 (batch, attention "

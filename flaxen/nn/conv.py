@@ -51,7 +51,7 @@ def _prepare(module: Module, inputs: Any, kernel_size: Sequence[int], strides: A
     if len(strides) != n:
         raise LayerArgumentError(path, "strides", f"{n} values (one per spatial axis)", strides)
     if not isinstance(padding, str):
-        padding = tuple(tuple(p) for p in padding)
+        padding = [(int(p[0]), int(p[1])) if len(p) == 2 else tuple(p) for p in padding]
         if len(padding) != n or any(len(p) != 2 for p in padding):
             raise LayerArgumentError(path, "padding", f"'SAME', 'VALID' or {n} (low, high) "
                                      "pairs", padding)

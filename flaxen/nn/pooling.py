@@ -55,6 +55,7 @@ def pool(inputs: jax.Array, init: Any, reduce_fn: Callable[[Any, Any], Any],
         raise LayerArgumentError(path, "pooling strides", f"{n} values like window_shape "
                                  f"{window_shape}", strides)
     spatial = inputs.shape[1:-1]
+    pads: list[tuple[int, ...]]
     if isinstance(padding, str):
         if padding not in ("SAME", "VALID"):
             raise LayerArgumentError(path, "pooling padding", "'SAME', 'VALID' or pairs",

@@ -135,7 +135,7 @@ class GRUCell(Module):
 class RNN(Module):
     """Runs a recurrent cell over the time axis with ``jax.lax.scan``; one set of params."""
 
-    def apply(self, inputs: jax.Array, cell: type[Module] = LSTMCell,
+    def apply(self, inputs: jax.Array, cell: Any = LSTMCell,
               hidden_size: int | None = None, initial_carry: Any = None, time_axis: int = 1,
               reverse: bool = False, **cell_kwargs: Any) -> tuple[Any, jax.Array]:
         """Scans ``cell`` over ``inputs``.
