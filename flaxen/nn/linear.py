@@ -154,8 +154,9 @@ class Embed(Module):
         """Looks up ``embedding[inputs]``.
 
         Args:
-          inputs: integer array of any shape, values in ``[0, num_embeddings)``
-            (out-of-range ids are clamped by JAX's gather).
+          inputs: integer array of any shape, values in ``[0, num_embeddings)``. An id
+            ``>= num_embeddings`` gives a row of NaNs (so the bug shows; a check on
+            values cannot run under jit); negative ids count from the end.
           num_embeddings: the vocabulary size.
           features: the embedding size.
           dtype: dtype of the output.

@@ -102,6 +102,12 @@ def test_embed_tied_in_a_model(rng):
     np.testing.assert_allclose(np.asarray(LM.call(params, ids)), np.asarray(logits))
 
 
+def test_embed_out_of_range_ids_give_nan(rng):
+    ids = jnp.array([0, 9], jnp.int32)
+    y, _ = nn.Embed.init(rng, ids, num_embeddings=3, features=2)
+    assert np.isfinite(np.asarray(y[0])).all() and np.isnan(np.asarray(y[1])).all()
+
+
 def test_embed_rejects_float_ids(rng):
     with pytest.raises(LayerArgumentError, match="integer"):
         nn.Embed.init(rng, jnp.ones((2,)), num_embeddings=3, features=2)
