@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import socket
+import threading
 import uuid
 from collections.abc import Iterable
 from typing import Any, Literal, overload
@@ -239,6 +240,66 @@ def save_checkpoint(ckpt_dir: str | os.PathLike[str], target: Any, step: int | f
         return os.path.join(ckpt_dir, prefix + step_text)
     finally:
         multihost_utils.sync_global_devices(f"flaxen.save_checkpoint:{prefix}{step_text}")
+
+
+class AsyncCheckpointer:
+    """Saves checkpoints with the disk write in a background thread.
+
+    ``save`` takes the same arguments as ``save_checkpoint``. It copies the target to host
+    memory and encodes it before returning (so the caller may donate or change the arrays
+    right away); the write, fsync, rename and pruning run in a thread, with the same
+    guarantees as ``save_checkpoint``. One write runs at a time: ``save`` first waits for
+    the previous one. A failed write is raised by the next ``save`` or ``wait``.
+
+    With several processes, ``save`` is synchronous (``save_checkpoint``).
+
+    Example:
+      >>> ckpt = AsyncCheckpointer()  # doctest: +SKIP
+      >>> ckpt.save(ckpt_dir, optimizer, step)  # returns while the file is being written
+      >>> ckpt.wait()  # before exiting; also `with AsyncCheckpointer() as ckpt:`
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, ckpt_dir: str | os.PathLike[str], target: Any, step: int | float,
+             prefix: str = "checkpoint_", keep: int = 1, overwrite: bool = False) -> str:
+        """Starts saving ``target``; returns the path the checkpoint will have."""
+        self.wait()
+        if jax.process_count() > 1:
+            return save_checkpoint(ckpt_dir, target, step, prefix, keep, overwrite)
+        ckpt_dir = os.fspath(ckpt_dir)
+        step_text = _step_str(step)
+        _check_prefix(prefix)
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise CheckpointError(f"keep must be an int >= 1, got {keep!r}.")
+        data = serialization.msgpack_serialize_parts(serialization.to_state_dict(target))
+
+        def run() -> None:
+            try:
+                _save_bytes(ckpt_dir, data, step_text, prefix, keep, overwrite)
+            except BaseException as e:  # noqa: BLE001 - re-raised by wait()
+                self._error = e
+
+        self._thread = threading.Thread(target=run, name="flaxen-checkpoint", daemon=False)
+        self._thread.start()
+        return os.path.join(ckpt_dir, prefix + step_text)
+
+    def wait(self) -> None:
+        """Blocks until the pending write is done; raises its error if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def __enter__(self) -> AsyncCheckpointer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.wait()
 
 
 def _save_bytes(ckpt_dir: str, data: list[bytes], step_text: str, prefix: str, keep: int,

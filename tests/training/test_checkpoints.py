@@ -345,3 +345,31 @@ def test_fuzz_wrong_structures_give_reports_never_crashes(state):
     assert jax.tree.structure(restored) == jax.tree.structure(target)
     for t, r in zip(jax.tree.leaves(target), jax.tree.leaves(restored)):
         assert np.shape(t) == np.shape(r) and np.asarray(t).dtype == np.asarray(r).dtype
+
+
+def test_async_checkpointer_writes_in_background_and_reraises(tmp_path, monkeypatch):
+    target = {"w": jnp.arange(4.0)}
+    with checkpoints.AsyncCheckpointer() as ckpt:
+        path = ckpt.save(tmp_path, target, 1)
+        target = {"w": target["w"] + 1}  # the caller may move on at once
+        ckpt.save(tmp_path, target, 2, keep=2)  # waits for the first write
+    assert path == str(tmp_path / "checkpoint_1")
+    assert _names(tmp_path) == ["checkpoint_1", "checkpoint_2"]
+    np.testing.assert_array_equal(
+        checkpoints.restore_checkpoint(tmp_path, {"w": jnp.zeros(4)}, step=1)["w"],
+        np.arange(4.0))
+
+    def disk_full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    ckpt = checkpoints.AsyncCheckpointer()
+    monkeypatch.setattr(checkpoints.os, "write", disk_full)
+    ckpt.save(tmp_path, target, 3, keep=2)  # returns; the failure comes with wait()
+    with pytest.raises(CheckpointWriteError, match="disk is full"):
+        ckpt.wait()
+    ckpt.wait()  # the error is raised once
+    monkeypatch.undo()
+    assert _names(tmp_path) == ["checkpoint_1", "checkpoint_2"]
+    with pytest.raises(CheckpointExistsError):  # overwrite rules apply in the thread too
+        ckpt.save(tmp_path, target, 2)
+        ckpt.wait()
