@@ -32,6 +32,7 @@ import numpy as np
 import optax
 
 from flaxen import errors, struct
+from flaxen.nn.base import Model
 
 
 @struct.dataclass
@@ -39,7 +40,8 @@ class OptimizerState:
     """The step count (an int32 scalar, 0 before the first update) and the optax state.
 
     ``param_states`` keeps the pre-release name; it holds whatever the optax transformation's
-    ``init`` returned (for ``MultiOptimizer``, a tuple of sub-``OptimizerState``s).
+    ``init`` returned for the target (for an ``nn.Model`` target: for its params dict; for
+    ``MultiOptimizer``, a tuple of sub-``OptimizerState``s).
     """
 
     step: jax.Array
@@ -260,7 +262,8 @@ class OptimizerDef:
             from flaxen.optim.multi import MultiOptimizer
 
             opt_def = MultiOptimizer((focus, self))
-        return Optimizer(optimizer_def=opt_def, state=opt_def.init_state(target), target=target)
+        state = opt_def.init_state(_params_of(target))
+        return Optimizer(optimizer_def=opt_def, state=state, target=target)
 
 
 def _keystr(path: tuple) -> str:
@@ -295,12 +298,19 @@ def check_gradient_structure(target: Any, grads: Any) -> None:
         f"{jax.tree.structure(grads)}")
 
 
-def _wrap_like_target(target: Any, grads: Any) -> Any:
-    """Gradients of ``model.params`` (a dict) are accepted for a Model target."""
-    params = getattr(target, "params", None)
-    if params is not None and not hasattr(grads, "params") and hasattr(target, "replace"):
-        if _same_structure(params, grads):
-            return target.replace(params=grads)
+def _params_of(target: Any) -> Any:
+    """What the optax transformation sees: a Model's params dict, else the target itself.
+
+    Keeping Models out of the optax state makes it a plain tree of dicts (what optax masks
+    and checkpoints expect) and keeps jit's per-call unflatten work to one Model.
+    """
+    return target.params if isinstance(target, Model) else target
+
+
+def _grad_params(target: Any, grads: Any) -> Any:
+    """Gradients of a Model target: a Model (from ``jax.grad``) or its params dict."""
+    if isinstance(target, Model) and isinstance(grads, Model):
+        return grads.params
     return grads
 
 
@@ -336,12 +346,16 @@ class Optimizer:
             GradientStructureError: ``grads`` differs from ``target`` (names the path).
             HyperParamError: bad hyper-parameter name or value.
         """
-        grads = _wrap_like_target(self.target, grads)
-        check_gradient_structure(self.target, grads)
+        params = _params_of(self.target)
+        grads = _grad_params(self.target, grads)
+        check_gradient_structure(params, grads)
         opt_def = self.optimizer_def
         hp = opt_def.update_hyper_params(**hyper_param_overrides)
-        new_target, new_state = opt_def.apply_gradient(hp, self.target, self.state, grads)
-        return dataclasses.replace(self, state=new_state, target=new_target)
+        new_params, new_state = opt_def.apply_gradient(hp, params, self.state, grads)
+        target = new_params
+        if params is not self.target:
+            target = dataclasses.replace(self.target, params=new_params)
+        return Optimizer(self.optimizer_def, new_state, target)
 
     def compute_gradient(self, loss_fn: Any) -> tuple[jax.Array, Any, Any]:
         """``(loss, aux, grad)`` of ``loss_fn(target) -> (loss, aux)`` (or a bare loss).
