@@ -43,48 +43,45 @@ except ImportError:  # as a script in a forked copy: `python train.py`
     import models  # type: ignore[no-redef]
 
 
+def _f(default: Any, help_text: str) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help_text})
+
+
 @dataclasses.dataclass
 class Config:
     """Every hyper-parameter; the defaults are the 90-epoch ResNet-50 recipe."""
 
-    dataset: str = "imagenet"  # imagenet (any image folder) | fashion_mnist
-    data_dir: str = ""  # holds train/ and val/ (imagenet) or the IDX files
-    model: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101 | resnet152
-    num_filters: int = 64  # width of the first stage
-    small_inputs: bool = False  # 3x3 stem, no max-pool (28x28 / 32x32 images)
-    zero_init_last_bn: bool = True  # last BN scale of each block starts at zero
-    half_precision: bool = False  # bfloat16 compute, float32 params and statistics
-    image_size: int = 224
-    batch_size: int = 256  # global, over all devices
-    learning_rate: float = 0.1  # per 256 images; scaled by batch_size / 256
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 1e-4
-    label_smoothing: float = 0.0
-    num_epochs: float = 90.0
-    warmup_epochs: float = 5.0
-    num_train_steps: int = -1  # > 0: stop after this many steps (schedule fits them)
-    eval_batch_size: int = 256
-    max_eval_batches: int = -1  # > 0: evaluate on only this many batches
-    num_devices: int = 0  # 0: all local devices
-    num_workers: int = 0  # decoding threads; 0: cpu_count + 4
-    seed: int = 0
-    rng_impl: str = "threefry2x32"  # PRNG for init (rbg compiles faster)
-    log_every_steps: int = 100
-    checkpoint_keep: int = 3
-    resume: bool = True  # continue from the latest checkpoint in model_dir
-    progress: bool = True  # tqdm progress bars
-    plot: bool = True  # curves.png at the end
+    dataset: str = _f("imagenet", "imagenet (ImageNet or any folder of train/<class>/*, "
+                      "val/<class>/*) | fashion_mnist (IDX files)")
+    data_dir: str = _f("", "holds train/ and val/ (imagenet) or the four IDX files "
+                       "(fashion_mnist; default /usr/share/datasets/fashion-mnist)")
+    model: str = _f("resnet50", 'resnet18 | resnet34 | resnet50 | resnet101 | resnet152')
+    num_filters: int = _f(64, 'width of the first stage')
+    small_inputs: bool = _f(False, '3x3 stem, no max-pool (28x28 / 32x32 images)')
+    zero_init_last_bn: bool = _f(True, 'last BN scale of each block starts at zero')
+    half_precision: bool = _f(False, 'bfloat16 compute, float32 params and statistics')
+    image_size: int = _f(224, 'side of the square training and evaluation crops')
+    batch_size: int = _f(256, 'global, over all devices')
+    learning_rate: float = _f(0.1, 'for a batch of 256; the peak is this x batch_size / 256')
+    momentum: float = _f(0.9, 'SGD momentum coefficient')
+    nesterov: bool = _f(True, 'Nesterov momentum')
+    weight_decay: float = _f(1e-4, 'L2 coefficient added to every gradient')
+    label_smoothing: float = _f(0.0, 'e.g. 0.1; 0 disables')
+    num_epochs: float = _f(90.0, 'training length (the cosine ends here)')
+    warmup_epochs: float = _f(5.0, 'linear warm-up from 0 to the peak rate')
+    num_train_steps: int = _f(-1, '> 0: train this many steps in total (the schedule spans them)')
+    eval_batch_size: int = _f(256, 'global evaluation batch')
+    max_eval_batches: int = _f(-1, '> 0: evaluate on only this many batches')
+    num_devices: int = _f(0, '0: all local devices')
+    num_workers: int = _f(0, 'decoding threads; 0: cpu_count + 4')
+    seed: int = _f(0, 'initialisation, shuffling and augmentation')
+    rng_impl: str = _f("threefry2x32", 'PRNG for init (rbg compiles faster)')
+    log_every_steps: int = _f(100, 'train metrics to TensorBoard/jsonl')
+    checkpoint_keep: int = _f(3, 'how many epoch checkpoints to keep')
+    resume: bool = _f(True, 'continue from the latest checkpoint in model_dir')
+    progress: bool = _f(True, 'tqdm progress bars')
+    plot: bool = _f(True, 'curves.png at the end')
 
-
-HELP = {
-    "dataset": "imagenet (ImageNet or any folder of train/<class>/*, val/<class>/*) or "
-               "fashion_mnist (IDX files).",
-    "data_dir": "Dataset root; for fashion_mnist defaults to /usr/share/datasets/fashion-mnist.",
-    "learning_rate": "Base learning rate for a batch of 256; the peak is lr * batch_size / 256.",
-    "num_train_steps": "If > 0, train this many steps in total (the schedule spans them).",
-    "resume": "Resume from the latest checkpoint in --model_dir (if there is one).",
-}
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -411,7 +408,7 @@ def train_and_evaluate(config: Config, model_dir: str) -> dict[str, Any]:
 def _define_flags() -> None:
     for field in dataclasses.fields(Config):
         default = field.default
-        help_text = HELP.get(field.name, f"Config.{field.name} (default {default!r}).")
+        help_text = field.metadata.get("help") or f"Config.{field.name}."
         define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
                   float: flags.DEFINE_float, str: flags.DEFINE_string}[type(default)]
         define(field.name, default, help_text)
