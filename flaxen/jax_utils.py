@@ -8,27 +8,38 @@ next batches on the devices, split along the batch axis, while the current step 
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import jax
+import numpy as np
 from jax.sharding import Mesh
 
 from flaxen.errors import FlaxenError
 
 
-def replicate(tree: Any, mesh: Mesh | None = None) -> Any:
+def _as_mesh(mesh: Any, axis_name: str = "batch") -> Mesh | None:
+    """A Mesh, None, or a sequence of devices (the pre-release ``devices=``) -> Mesh/None."""
+    if mesh is None or isinstance(mesh, Mesh):
+        return mesh
+    if isinstance(mesh, list | tuple) and mesh and all(isinstance(d, jax.Device)
+                                                       for d in mesh):
+        return Mesh(np.array(mesh), (axis_name,))
+    raise FlaxenError(
+        f"Expected a jax.sharding.Mesh or a non-empty list of devices, got "
+        f"{type(mesh).__name__}. Example: `jax.sharding.Mesh(np.array(jax.devices()), "
+        "('batch',))`.")
+
+
+def replicate(tree: Any, mesh: Mesh | Sequence[jax.Device] | None = None) -> Any:
     """Every array of ``tree`` replicated on all devices of ``mesh`` (default: all devices).
 
-    See ``flaxen.parallel.replicate``.
+    ``mesh`` may also be a list of devices, as the pre-release ``devices`` argument. See
+    ``flaxen.parallel.replicate``.
     """
     from flaxen import parallel
 
-    if mesh is not None and not isinstance(mesh, Mesh):
-        raise FlaxenError(
-            f"replicate(tree, mesh) expects a jax.sharding.Mesh, got {type(mesh).__name__}. "
-            "The pre-release `devices=` list is replaced by a mesh: "
-            "`jax.sharding.Mesh(np.array(devices), ('batch',))`.")
-    return parallel.replicate(tree, mesh)
+    return parallel.replicate(tree, _as_mesh(mesh))
 
 
 def unreplicate(tree: Any) -> Any:
@@ -38,7 +49,8 @@ def unreplicate(tree: Any) -> Any:
     return parallel.unreplicate(tree)
 
 
-def prefetch_to_device(iterator: Iterable[Any], size: int, mesh: Mesh | None = None,
+def prefetch_to_device(iterator: Iterable[Any], size: int,
+                       mesh: Mesh | Sequence[jax.Device] | None = None,
                        axis_name: str = "batch") -> Iterator[Any]:
     """Yields the batches of ``iterator`` already split across devices, ``size`` ahead.
 
@@ -50,7 +62,7 @@ def prefetch_to_device(iterator: Iterable[Any], size: int, mesh: Mesh | None = N
     Args:
       iterator: any iterable of batch pytrees.
       size: how many placed batches to keep queued (>= 0; 2 is usually enough).
-      mesh: the mesh; defaults to one axis over all devices.
+      mesh: the mesh (or a list of devices); defaults to one axis over all devices.
       axis_name: the mesh axis that carries the batch.
 
     Yields:
@@ -60,6 +72,7 @@ def prefetch_to_device(iterator: Iterable[Any], size: int, mesh: Mesh | None = N
 
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise FlaxenError(f"prefetch_to_device: size must be an int >= 0, got {size!r}.")
+    mesh = _as_mesh(mesh, axis_name)
     queue: collections.deque[Any] = collections.deque()
     source = iter(iterator)
 

@@ -19,8 +19,10 @@ def test_replicate_unreplicate_round_trip():
     back = jax_utils.unreplicate(rep)
     assert len(back["w"].sharding.device_set) == 1
     np.testing.assert_array_equal(back["w"], tree["w"])
-    with pytest.raises(FlaxenError, match="Mesh"):
-        jax_utils.replicate(tree, mesh=jax.devices())
+    two = jax_utils.replicate(tree, jax.devices()[:2])  # the pre-release `devices` list
+    assert len(two["w"].sharding.device_set) == min(2, jax.device_count())
+    with pytest.raises(FlaxenError, match="Mesh or a non-empty list of devices"):
+        jax_utils.replicate(tree, mesh="cpu")
 
 
 def test_prefetch_to_device_order_and_sharding():
