@@ -34,31 +34,36 @@ except ImportError:  # as a script, or in a forked copy
 Params = dict
 
 
-def filter_logits(logits: jax.Array, temperature: float, top_k: int) -> jax.Array:
+def filter_logits(logits: jax.Array, temperature: jax.typing.ArrayLike,
+                  top_k: jax.typing.ArrayLike) -> jax.Array:
     """Logits divided by ``temperature``, all but the ``top_k`` largest set to -inf.
 
     Args:
       logits: float32 ``[batch, vocab]``.
       temperature: > 0 (0 is handled by the caller as greedy decoding).
-      top_k: keep this many candidates; 0 keeps all.
+      top_k: keep this many candidates; 0 keeps all. May be traced: the threshold is the
+        ``top_k``-th largest logit of a sort, so one compiled sampler serves every k.
     """
-    logits = logits / jnp.float32(temperature)
-    if 0 < top_k < logits.shape[-1]:
-        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
-    return logits
+    vocab = logits.shape[-1]
+    logits = logits / jnp.asarray(temperature, jnp.float32)
+    k = jnp.clip(jnp.asarray(top_k, jnp.int32), 0, vocab)
+    index = jnp.where(k > 0, vocab - k, 0)
+    kth = jnp.take(jnp.sort(logits, axis=-1), index, axis=-1)[..., None]
+    return jnp.where(logits < kth, -jnp.inf, logits)
 
 
-def _pick(logits: jax.Array, rng: jax.Array, temperature: float, top_k: int) -> jax.Array:
-    if temperature == 0.0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return jax.random.categorical(rng, filter_logits(logits, temperature, top_k),
-                                  axis=-1).astype(jnp.int32)
+def _pick(logits: jax.Array, rng: jax.Array, temperature: jax.Array,
+          top_k: jax.Array) -> jax.Array:
+    """A sampled token per row, or the argmax where ``temperature == 0``."""
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    safe_t = jnp.where(temperature > 0, temperature, jnp.ones((), jnp.float32))
+    sampled = jax.random.categorical(rng, filter_logits(logits, safe_t, top_k), axis=-1)
+    return jnp.where(temperature > 0, sampled.astype(jnp.int32), greedy)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "total", "temperature", "top_k"))
+@functools.partial(jax.jit, static_argnames=("config", "total"))
 def _sample_ids(params: Params, config: models.LMConfig, prompt: jax.Array, total: int,
-                rng: jax.Array, temperature: float, top_k: int) -> jax.Array:
+                rng: jax.Array, temperature: jax.Array, top_k: jax.Array) -> jax.Array:
     """``[batch, total]`` ids: the prompt (``[batch, <= max_len]``), then samples."""
     batch, prompt_len = prompt.shape
     cached = min(total, config.max_len)
@@ -114,8 +119,8 @@ def sample(params: Params, config: models.LMConfig, prompt_ids: np.ndarray, num_
         raise ValueError(f"temperature must be >= 0; got {temperature}.")
     total = prompt.size + num_tokens
     batch = np.broadcast_to(prompt, (num_samples, prompt.size))
-    ids = _sample_ids(params, config, jnp.asarray(batch), total, rng, float(temperature),
-                      int(top_k))
+    ids = _sample_ids(params, config, jnp.asarray(batch), total, rng,
+                      jnp.float32(temperature), jnp.int32(top_k))
     return np.asarray(ids[:, prompt.size:])
 
 

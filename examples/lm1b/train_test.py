@@ -176,27 +176,34 @@ def test_sampling_greedy_top_k_and_past_the_position_table():
     config = _config()
     params = _init(config)
     prompt = np.array([1, 2, 3], np.int32)
-    greedy = generate.sample(params, config, prompt, 12, jax.random.PRNGKey(0), temperature=0)
+    # One compiled sampler for all three calls: temperature and top_k are traced values.
+    greedy = generate.sample(params, config, prompt, 12, jax.random.PRNGKey(0), temperature=0,
+                             num_samples=2)
     top1 = generate.sample(params, config, prompt, 12, jax.random.PRNGKey(5), temperature=1.0,
-                           top_k=1)
+                           top_k=1, num_samples=2)
     np.testing.assert_array_equal(greedy, top1)
-    assert greedy.shape == (1, 12) and greedy.dtype == np.int32
-    # The greedy continuation is the argmax of the full pass at every step (windowed past 8).
-    seq = list(prompt)
-    for _ in range(12):
-        window = jnp.asarray(seq[-config.max_len:], jnp.int32)[None]
-        logits = _forward(params, window, config)
-        seq.append(int(jnp.argmax(logits[0, -1])))
-    np.testing.assert_array_equal(greedy[0], seq[3:])
-    many = generate.sample(params, config, prompt, 5, jax.random.PRNGKey(0), 1.0, 3,
-                           num_samples=4)
-    assert many.shape == (4, 5) and many.min() >= 0 and many.max() < config.vocab_size
+    np.testing.assert_array_equal(greedy[0], greedy[1])
+    assert greedy.shape == (2, 12) and greedy.dtype == np.int32
+    # Each greedy token is the argmax of the full pass over the (last max_len) tokens
+    # before it: positions < 8 come from the cache, later ones from a sliding window.
+    seq = np.concatenate([prompt, greedy[0]])
+    head = np.asarray(_forward(params, jnp.asarray(seq[None, :8]), config))[0]
+    for t in range(2, 7):
+        assert seq[t + 1] == head[t].argmax(), t
+    for t in range(7, len(seq) - 1):
+        window = np.asarray(_forward(params, jnp.asarray(seq[None, t - 7 : t + 1]), config))
+        assert seq[t + 1] == window[0, -1].argmax(), t
+    many = generate.sample(params, config, prompt, 12, jax.random.PRNGKey(0), 1.0, 3,
+                           num_samples=2)
+    assert many.shape == (2, 12) and many.min() >= 0 and many.max() < config.vocab_size
+    assert not np.array_equal(many[0], many[1])
 
 
 def test_filter_logits_keeps_top_k():
     logits = jnp.array([[1.0, 5.0, 3.0, 4.0]])
     out = generate.filter_logits(logits, temperature=2.0, top_k=2)
     np.testing.assert_allclose(out, [[-np.inf, 2.5, -np.inf, 2.0]])
+    np.testing.assert_allclose(generate.filter_logits(logits, 1.0, 0), logits)
 
 
 # -- Training, checkpoints, resume ----------------------------------------------------------------
