@@ -132,3 +132,13 @@ def test_learning_rate_schedule_matches_formula():
         want = (peak * step / warmup if step < warmup else
                 peak * 0.5 * (1 + np.cos(np.pi * (step - warmup) / (decay - warmup))))
         assert float(lr(step)) == pytest.approx(want, rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.slow
+def test_half_precision_and_label_smoothing_train(data_dir, tmp_path):
+    config = dataclasses.replace(CONFIG, data_dir=data_dir, half_precision=True,
+                                 label_smoothing=0.1, num_epochs=1, plot=False)
+    result = train.train_and_evaluate(config, str(tmp_path))
+    params = jax.tree.leaves(result["optimizer"].target.params)
+    assert {p.dtype for p in params} == {np.dtype(np.float32)}
+    assert np.isfinite(result["history"][0]["train_loss"])
