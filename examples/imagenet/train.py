@@ -278,7 +278,7 @@ def train_and_evaluate(config: Config, model_dir: str) -> dict[str, Any]:
     """
     if jax.process_count() > 1:
         raise NotImplementedError("This example runs on one host; see README 'Forking it' for "
-                                  "the two changes a multi-host run needs.")
+                                  "the changes a multi-host run needs.")
     mesh = make_mesh(config.num_devices)
     n_dev = mesh.devices.size
     if config.batch_size % n_dev or config.eval_batch_size % n_dev:
@@ -326,7 +326,7 @@ def train_and_evaluate(config: Config, model_dir: str) -> dict[str, Any]:
     jsonl = metrics.JsonlWriter(os.path.join(model_dir, "metrics.jsonl"))
     history: list[dict] = []
     images_per_sec: list[float] = []
-    step = start_epoch * steps_per_epoch
+    step = int(jax.device_get(optimizer.state.step))
     try:
         for epoch in range(start_epoch, num_epochs):
             steps = min(steps_per_epoch, total_steps - step)
