@@ -76,16 +76,18 @@ def _bench(widths, batch, opt_name, steps, repeats):
             params, opt_state, loss = optax_step(params, opt_state, x)
         loss.block_until_ready()
 
-    times = {"flaxen": [], "optax": []}
+    wall: dict[str, list[float]] = {"flaxen": [], "optax": []}
+    cpu: dict[str, list[float]] = {"flaxen": [], "optax": []}
     for fn in (run_flaxen, run_optax):  # compile and warm up
         fn()
     for _ in range(repeats):
         for name, fn in (("flaxen", run_flaxen), ("optax", run_optax)):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
-            times[name].append((time.perf_counter() - start) / steps * 1e6)
-    f, o = statistics.median(times["flaxen"]), statistics.median(times["optax"])
-    return f, o
+            wall[name].append((time.perf_counter() - start) / steps * 1e6)
+            cpu[name].append((time.process_time() - start_cpu) / steps * 1e6)
+    med = statistics.median
+    return (med(wall["flaxen"]), med(wall["optax"]), med(cpu["flaxen"]), med(cpu["optax"]))
 
 
 def main() -> None:
@@ -95,12 +97,16 @@ def main() -> None:
     args = parser.parse_args()
     print(f"jax {jax.__version__}, optax {optax.__version__}, {jax.devices()[0].platform}, "
           f"load {os.getloadavg()[0]:.2f}")
-    print(f"{'model':<22}{'opt':<10}{'flaxen us':>10}{'optax us':>10}{'ratio':>8}")
-    for label, widths, batch in (("tiny 64-32-10, b8", (32,), 8),
+    print("medians per step in us; wall = wall clock, cpu = this process's CPU time (less")
+    print("sensitive to other load on a shared machine); ratio = flaxen / optax")
+    print(f"{'model':<24}{'opt':<10}{'wall flaxen':>12}{'optax':>8}{'ratio':>7}"
+          f"{'cpu flaxen':>12}{'optax':>8}{'ratio':>7}")
+    for label, widths, batch in (("tiny 64-32-10 b8", (32,), 8),
                                  ("mlp 64-512-512-10 b128", (512, 512), 128)):
         for opt_name in ("momentum", "adam"):
-            f, o = _bench(widths, batch, opt_name, args.steps, args.repeats)
-            print(f"{label:<22}{opt_name:<10}{f:>10.1f}{o:>10.1f}{f / o:>8.3f}")
+            f, o, fc, oc = _bench(widths, batch, opt_name, args.steps, args.repeats)
+            print(f"{label:<24}{opt_name:<10}{f:>12.1f}{o:>8.1f}{f / o:>7.3f}"
+                  f"{fc:>12.1f}{oc:>8.1f}{fc / oc:>7.3f}")
     print(f"load after {os.getloadavg()[0]:.2f}")
 
 
