@@ -253,10 +253,11 @@ class AsyncCheckpointer:
 
     With several processes, ``save`` is synchronous (``save_checkpoint``).
 
-    Example:
-      >>> ckpt = AsyncCheckpointer()  # doctest: +SKIP
-      >>> ckpt.save(ckpt_dir, optimizer, step)  # returns while the file is being written
-      >>> ckpt.wait()  # before exiting; also `with AsyncCheckpointer() as ckpt:`
+    Example (``with`` waits for the last write when the block ends)::
+
+      with AsyncCheckpointer() as ckpt:
+          ...
+          ckpt.save(ckpt_dir, optimizer, step)  # returns while the file is being written
     """
 
     def __init__(self) -> None:
