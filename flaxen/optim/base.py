@@ -389,6 +389,18 @@ class Optimizer:
         loss, aux, grad = self.compute_gradient(loss_fn)
         return self.apply_gradient(grad, **hyper_param_overrides), loss, aux
 
+    def state_dict(self) -> dict[str, Any]:
+        """``{'target': ..., 'state': {'step': ..., 'param_states': ...}}`` (nested dicts)."""
+        from flaxen import serialization
+
+        return serialization.to_state_dict(self)
+
+    def restore_state(self, state: dict[str, Any]) -> Optimizer:
+        """A copy of this optimizer (used as the template) holding the values of ``state``."""
+        from flaxen import serialization
+
+        return serialization.from_state_dict(self, state)
+
     def replicate(self, mesh: Any = None) -> Optimizer:
         """This optimizer with every array replicated on all devices of ``mesh``.
 

@@ -197,6 +197,10 @@ def test_serialization_round_trip(opt_def, rng):
     opt = opt_def.create(model)
     opt = opt.apply_gradient(jax.grad(lambda m: _mse(m, x, y)[0])(opt.target))
     restored = serialization.from_bytes(opt_def.create(model), serialization.to_bytes(opt))
+    assert set(opt.state_dict()) == {"target", "state"}
+    again = opt_def.create(model).restore_state(opt.state_dict())
+    for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(opt)):
+        np.testing.assert_array_equal(a, b)
     assert jax.tree.structure(restored) == jax.tree.structure(opt)
     assert int(restored.state.step) == 1
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(opt)):
