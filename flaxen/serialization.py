@@ -189,7 +189,8 @@ def _restore_leaf(target: Any, state: Any) -> Any:
     if isinstance(state, np.ndarray | np.generic):
         if isinstance(target, jax.Array) and not isinstance(target, jax.core.Tracer):
             if is_key_array(target):
-                state = jax.random.wrap_key_data(state, impl=jax.random.key_impl(target))
+                state = jax.random.wrap_key_data(jax.numpy.asarray(state),
+                                                 impl=jax.random.key_impl(target))
             # Same placement, and same committedness: an uncommitted target (made by
             # jnp/init on the default device) gives an uncommitted array, so a jitted step
             # compiled for the target is not compiled again for the restored value.
@@ -369,7 +370,7 @@ def _prepare(x: Any, depth: int = 0) -> Any:
 
 def _chunked(x: np.ndarray) -> dict[str, Any]:
     flat = np.ascontiguousarray(x).reshape(-1).view(np.uint8)
-    chunks = [memoryview(flat[i:i + _MAX_CHUNK_BYTES])  # packed as bin, without a copy
+    chunks = [flat[i:i + _MAX_CHUNK_BYTES].data  # a memoryview: packed as bin, no copy
               for i in range(0, flat.size, _MAX_CHUNK_BYTES)]
     return {_CHUNKED_KEY: [list(x.shape), _dtype_name(x.dtype)], "chunks": chunks}
 
@@ -379,7 +380,7 @@ def _array_payload(x: np.ndarray) -> bytes:
     head = msgpack.packb(list(x.shape)) + msgpack.packb(_dtype_name(x.dtype))
     raw = np.ascontiguousarray(x).reshape(-1).view(np.uint8)
     # bin 32 header (0xc6 + big-endian length): valid msgpack for any length below 4 GiB.
-    return b"".join([b"\x93", head, b"\xc6", raw.size.to_bytes(4, "big"), memoryview(raw)])
+    return b"".join([b"\x93", head, b"\xc6", raw.size.to_bytes(4, "big"), raw.data])
 
 
 def _ext_pack(x: Any) -> msgpack.ExtType:

@@ -89,7 +89,7 @@ def stack_forest(forest: Sequence[Any]) -> Any:
         raise FlaxenError("stack_forest needs at least one pytree, got an empty sequence.")
     structure = jax.tree.structure(forest[0])
     for i, tree in enumerate(forest[1:], 1):
-        if jax.tree.structure(tree) != structure:
+        if jax.tree.structure(tree) != structure:  # type: ignore[operator]
             raise FlaxenError(
                 f"stack_forest: tree {i} has structure {jax.tree.structure(tree)}, but tree 0 "
                 f"has {structure}. All trees must have the same structure.")
