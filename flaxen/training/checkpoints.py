@@ -550,14 +550,21 @@ def restore_checkpoint(ckpt_dir: str | os.PathLike[str], target: Any, step: Any 
     """
     ckpt_dir = os.fspath(ckpt_dir)
     _check_prefix(prefix)
-    path = _resolve(ckpt_dir, step, prefix)
-    if path is None:
-        return target if strict else (target, RestoreReport(None))
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise CheckpointError(f"Cannot read the checkpoint {path!r}: {e}") from e
+    for attempt in range(5):
+        path = _resolve(ckpt_dir, step, prefix)
+        if path is None:
+            return target if strict else (target, RestoreReport(None))
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            break
+        except FileNotFoundError as e:
+            # The latest checkpoint was pruned by a concurrent save between listing and
+            # opening (an evaluation job following a training run): look again.
+            if step is not None or attempt == 4:
+                raise CheckpointNotFoundError(f"Cannot read the checkpoint {path!r}: {e}") from e
+        except OSError as e:
+            raise CheckpointError(f"Cannot read the checkpoint {path!r}: {e}") from e
     try:
         state = serialization.msgpack_restore(data)
     except SerializationError as e:

@@ -373,3 +373,58 @@ def test_async_checkpointer_writes_in_background_and_reraises(tmp_path, monkeypa
     with pytest.raises(CheckpointExistsError):  # overwrite rules apply in the thread too
         ckpt.save(tmp_path, target, 2)
         ckpt.wait()
+
+
+def test_reader_following_a_saver_never_sees_a_partial_or_vanished_file(tmp_path):
+    import threading
+    import time
+
+    def tree(step):
+        return {"w": np.full((20000 + step * 37,), step, np.float32), "step": step}
+
+    done = threading.Event()
+    errors = []
+
+    def saver():
+        try:
+            step = 0
+            while not done.is_set():
+                checkpoints.save_checkpoint(tmp_path, tree(step), step, keep=1)
+                step += 1
+        except Exception as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+
+    thread = threading.Thread(target=saver)
+    thread.start()
+    reads, deadline = 0, time.monotonic() + 2.0
+    try:
+        while time.monotonic() < deadline:
+            raw = checkpoints.restore_checkpoint(tmp_path, None)
+            if raw is None:
+                continue
+            step = raw["step"]
+            assert raw["w"].shape == (20000 + step * 37,) and np.all(raw["w"] == step)
+            reads += 1
+    finally:
+        done.set()
+        thread.join()
+    assert not errors and reads > 0
+
+
+def test_latest_pruned_between_listing_and_opening_is_retried(tmp_path, monkeypatch):
+    checkpoints.save_checkpoint(tmp_path, _tree(1), 1)
+    real_resolve = checkpoints._resolve
+    calls = []
+
+    def stale_first(ckpt_dir, step, prefix):
+        calls.append(step)
+        if len(calls) == 1:  # what a reader listed just before a save pruned it
+            return os.path.join(ckpt_dir, prefix + "0")
+        return real_resolve(ckpt_dir, step, prefix)
+
+    monkeypatch.setattr(checkpoints, "_resolve", stale_first)
+    assert checkpoints.restore_checkpoint(tmp_path, _tree())["w"][0, 0] == 1.0
+    assert len(calls) == 2
+    calls.clear()
+    with pytest.raises(CheckpointNotFoundError, match="checkpoint_0"):
+        checkpoints.restore_checkpoint(tmp_path, _tree(), step=1)  # an explicit step: no retry
