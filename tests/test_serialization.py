@@ -359,3 +359,16 @@ def test_big_endian_arrays_are_written_native():
     assert back["x"].dtype == np.dtype("float32") and back["x"].dtype.isnative
     np.testing.assert_array_equal(back["x"], np.arange(5, dtype=np.float32))
     assert back["s"] == np.float32(1)
+
+
+def test_reads_plain_msgpack_written_like_the_pre_release():
+    # The pre-release wrote msgpack.packb(state_dict) with arrays as ext 1 of
+    # packb((shape, dtype name, bytes)) and complex numbers as ext 2; no envelope.
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    ext = msgpack.ExtType(1, msgpack.packb((w.shape, w.dtype.name, w.tobytes())))
+    cplx = msgpack.ExtType(2, msgpack.packb((1.0, -2.0)))
+    data = msgpack.packb({"params": {"w": ext}, "c": cplx, "step": 3})
+    back = serialization.from_bytes({"params": {"w": np.zeros((2, 3), np.float32)},
+                                     "c": 0j, "step": 0}, data)
+    np.testing.assert_array_equal(back["params"]["w"], w)
+    assert back["c"] == 1 - 2j and back["step"] == 3
