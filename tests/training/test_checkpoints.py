@@ -396,9 +396,9 @@ def test_reader_following_a_saver_never_sees_a_partial_or_vanished_file(tmp_path
 
     thread = threading.Thread(target=saver)
     thread.start()
-    reads, deadline = 0, time.monotonic() + 2.0
-    try:
-        while time.monotonic() < deadline:
+    reads, start = 0, time.monotonic()
+    try:  # read for 2 s, longer (up to 30 s) until a first checkpoint was read
+        while time.monotonic() < start + 2.0 or (reads == 0 and time.monotonic() < start + 30):
             raw = checkpoints.restore_checkpoint(tmp_path, None)
             if raw is None:
                 continue
