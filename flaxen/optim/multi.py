@@ -1,6 +1,7 @@
 """Different optimizers for different parameters, selected by path; unselected ones frozen.
 
 Example:
+    >>> from flaxen import optim
     >>> kernels = optim.ModelParamTraversal(lambda path, _: "kernel" in path)
     >>> biases = optim.ModelParamTraversal(lambda path, _: "bias" in path)
     >>> opt_def = optim.MultiOptimizer((kernels, optim.Momentum(learning_rate=0.01)),
