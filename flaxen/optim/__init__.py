@@ -8,6 +8,8 @@ from flaxen.optim import schedules as schedules
 from flaxen.optim.adafactor import Adafactor as Adafactor
 from flaxen.optim.adagrad import Adagrad as Adagrad
 from flaxen.optim.adam import Adam as Adam
+from flaxen.optim.dynamic_scale import DynamicScale as DynamicScale
+from flaxen.optim.dynamic_scale import DynamicScaleResult as DynamicScaleResult
 from flaxen.optim.base import Optimizer as Optimizer
 from flaxen.optim.base import OptimizerDef as OptimizerDef
 from flaxen.optim.base import OptimizerState as OptimizerState
