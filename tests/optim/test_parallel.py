@@ -131,3 +131,13 @@ def test_custom_mesh_axis_and_subset_of_devices():
     rep = parallel.replicate({"w": np.ones(3, np.float32)}, mesh)
     assert len(rep["w"].sharding.device_set) == 4
     np.testing.assert_array_equal(parallel.unreplicate(rep)["w"], np.ones(3))
+
+
+def test_two_axis_mesh_splits_only_the_batch_axis():
+    mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(4, 2), ("batch", "model"))
+    xs = parallel.shard_batch(np.arange(16.0, dtype=np.float32).reshape(8, 2), mesh)
+    assert xs.sharding.spec == jax.sharding.PartitionSpec("batch")
+    assert {s.data.shape for s in xs.addressable_shards} == {(2, 2)}
+    rep = parallel.replicate(optim.Adam(0.1).create({"w": np.ones(3, np.float32)}), mesh)
+    assert rep.target["w"].sharding.is_fully_replicated
+    assert len(rep.target["w"].sharding.device_set) == 8
