@@ -32,7 +32,7 @@ from flaxen.training import checkpoints
 
 def expected_tree(step: int) -> dict:
     """What the saver writes at ``step``: sizes vary so that writes take varying time."""
-    n = 2000 + (step * 7919) % 60000
+    n = 20000 + (step * 7919) % 400000
     return {
         "params": {"w": np.full((n,), step, np.float32),
                    "b": (np.arange(7, dtype=np.float32) * step).astype(ml_dtypes.bfloat16)},
@@ -55,7 +55,7 @@ def main() -> int:
     ckpt_dir, kills, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     rnd = random.Random(seed)
     stats = {"kills": 0, "restores": 0, "lost": 0, "mismatched": 0, "errors": [],
-             "saves_completed": 0, "temp_files_seen": 0, "no_checkpoint_yet": 0}
+             "saves_completed": 0, "kills_mid_write": 0, "no_checkpoint_yet": 0}
     start = time.monotonic()
     for round_index in range(kills):
         read_fd, write_fd = os.pipe()
@@ -74,9 +74,10 @@ def main() -> int:
             ready, _, _ = select.select([read_fd], [], [], 5.0)
             if ready:
                 reported += os.read(read_fd, 65536)
-        # Mostly short delays (kills during the first saves, including the first ever),
-        # sometimes longer ones.
-        time.sleep(rnd.choice([rnd.uniform(0, 0.02), rnd.uniform(0, 0.12)]))
+        # A third of the kills come early (during start-up and the first save, even the
+        # first save ever), the others anywhere in the first few saves.
+        time.sleep(rnd.choice([rnd.uniform(0, 0.01), rnd.uniform(0.01, 0.15),
+                               rnd.uniform(0.01, 0.15)]))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         stats["kills"] += 1
@@ -85,7 +86,9 @@ def main() -> int:
         os.close(read_fd)
         done = [int(s) for s in reported.split()]
         stats["saves_completed"] += len(done)
-        stats["temp_files_seen"] += sum(".flaxen-tmp-" in n for n in os.listdir(ckpt_dir))
+        # A temporary file of the killed saver: the kill hit the middle of a write.
+        stats["kills_mid_write"] += any(".flaxen-tmp-" in n and f"-{pid}-" in n
+                                        for n in os.listdir(ckpt_dir))
         latest = checkpoints.latest_checkpoint(ckpt_dir)
         if latest is None:
             stats["no_checkpoint_yet"] += 1
