@@ -117,13 +117,12 @@ class DenseGeneral(Module):
         def kernel_init_wrap(key: jax.Array, shape: Sequence[int]) -> jax.Array:
             init = with_dtype(kernel_init, param_dtype)
             keys = jax.random.split(key, n_batch)
-            slices = [init(k, (flat_in, flat_out)) for k in keys]
-            return jnp.stack(slices).reshape(shape)
+            return jax.vmap(lambda k: init(k, (flat_in, flat_out)))(keys).reshape(shape)
 
         def bias_init_wrap(key: jax.Array, shape: Sequence[int]) -> jax.Array:
             init = with_dtype(bias_init, param_dtype)
             keys = jax.random.split(key, n_batch)
-            return jnp.stack([init(k, (flat_out,)) for k in keys]).reshape(shape)
+            return jax.vmap(lambda k: init(k, (flat_out,)))(keys).reshape(shape)
 
         kernel_shape = batch_shape + contract_shape + features_t
         kernel = param_for_input(self, "kernel", kernel_shape, kernel_init_wrap, inputs.shape)

@@ -87,7 +87,7 @@ def test_attention_dropout_broadcast(rng):
 
 def test_attention_grads(rng):
     q, k, v = _qkv(rng, b=1, lq=2, lk=2, h=1, d=2, dv=2)
-    check_grads(lambda q, k, v: nn.dot_product_attention(q, k, v), (q, k, v), order=1,
+    check_grads(jax.jit(lambda q, k, v: nn.dot_product_attention(q, k, v)), (q, k, v), order=1,
                 modes=["rev"], atol=1e-2, rtol=1e-2)
 
 
@@ -178,43 +178,40 @@ class Decoder(nn.Module):
         return nn.SelfAttention(h, num_heads=2, causal_mask=True, decode=decode)
 
 
+_init_decoder = jax.jit(lambda rng, x: Decoder.init(rng, x))
+_allocate = jax.jit(lambda p, x: Decoder.call_with_state(p, None, x, decode=True))
+_step = jax.jit(lambda p, c, xt: Decoder.call_with_state(p, c, xt, decode=True))
+
+
 def test_decoding_with_cache_equals_full_causal_pass(rng):
     x = _randn(2, 5, 3, seed=7)
-    full, params = jax.jit(lambda x: Decoder.init(rng, x))(x)
-    _, cache = jax.jit(lambda p, x: Decoder.call_with_state(p, None, x, decode=True))(
-        params, jnp.zeros_like(x))
+    full, params = _init_decoder(rng, x)
+    _, cache = _allocate(params, jnp.zeros_like(x))
     assert cache["/SelfAttention_1"]["cached_key"].shape == (2, 5, 2, 2)
-    step = jax.jit(lambda c, xt: Decoder.call_with_state(params, c, xt, decode=True))
+    cache0 = cache
     outs = []
     for t in range(5):
-        y_t, cache = step(cache, x[:, t:t + 1])
+        y_t, cache = _step(params, cache, x[:, t:t + 1])
         outs.append(y_t)
     np.testing.assert_allclose(np.concatenate(outs, 1), np.asarray(full), rtol=1e-5,
                                atol=1e-5)
     assert int(cache["/SelfAttention_2"]["cache_index"]) == 5
 
-
-def test_decoding_errors(rng):
-    x = jnp.ones((1, 4, 3))
-    _, params = Decoder.init_by_shape(rng, [x.shape])
-    with pytest.raises(MissingStateError):
-        Decoder.call(params, x, decode=True)
-    _, cache = Decoder.call_with_state(params, None, x, decode=True)
-    with pytest.raises(ShapeError, match=r"Decoder/SelfAttention_1.*one position"):
-        Decoder.call_with_state(params, cache, x[:, :2], decode=True)
-
-
-def test_decoding_inside_lax_scan(rng):
     # The cache is an ordinary pytree: it can be the carry of a scan (or a while_loop).
-    x = _randn(1, 4, 3, seed=8)
-    full, params = jax.jit(lambda x: Decoder.init(rng, x))(x)
-    _, cache = jax.jit(lambda p, x: Decoder.call_with_state(p, None, x, decode=True))(
-        params, jnp.zeros_like(x))
-
-    def step(cache, xt):
+    def body(cache, xt):
         y, cache = Decoder.call_with_state(params, cache, xt[:, None], decode=True)
         return cache, y[:, 0]
 
-    _, ys = jax.jit(lambda c, xs: jax.lax.scan(step, c, xs))(cache, jnp.swapaxes(x, 0, 1))
+    _, ys = jax.jit(lambda c, xs: jax.lax.scan(body, c, xs))(cache0, jnp.swapaxes(x, 0, 1))
     np.testing.assert_allclose(np.asarray(jnp.swapaxes(ys, 0, 1)), np.asarray(full),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_decoding_errors(rng):
+    x = _randn(2, 5, 3, seed=7)
+    _, params = _init_decoder(rng, x)
+    with pytest.raises(MissingStateError, match="Decoder/SelfAttention_1"):
+        Decoder.call(params, x, decode=True)
+    _, cache = _allocate(params, x)
+    with pytest.raises(ShapeError, match=r"Decoder/SelfAttention_1.*one position"):
+        Decoder.call_with_state(params, cache, x[:, :2], decode=True)

@@ -98,7 +98,7 @@ def test_conv_bf16_and_grads(rng):
     y, params = nn.Conv.init(rng, x, features=2, kernel_size=(2, 2), dtype=jnp.bfloat16)
     assert y.dtype == jnp.bfloat16
     f = lambda p, x: nn.Conv.call(p, x, features=2, kernel_size=(2, 2))
-    check_grads(f, (params, x), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
+    check_grads(jax.jit(f), (params, x), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
 
 
 def test_conv_errors(rng):

@@ -36,7 +36,7 @@ def test_dense_no_bias_and_param_dtype(rng):
 def test_dense_grads(rng):
     x = jax.random.normal(rng, (2, 3))
     _, params = nn.Dense.init(rng, x, features=2)
-    check_grads(lambda p, x: nn.Dense.call(p, x, features=2), (params, x), order=2,
+    check_grads(jax.jit(lambda p, x: nn.Dense.call(p, x, features=2)), (params, x), order=2,
                 modes=["rev"], atol=1e-2, rtol=1e-2)
 
 

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec
+from jax.test_util import check_grads
 
 from flaxen import nn
 from flaxen.errors import LayerArgumentError, MissingStateError, ShapeError
@@ -149,3 +150,14 @@ def test_batch_norm_cross_device_equals_full_batch(rng):
                                atol=1e-5)
     np.testing.assert_allclose(np.asarray(s_v["/BatchNorm_0"]["mean"][0]),
                                np.asarray(s_full["/BatchNorm_0"]["mean"]), rtol=1e-5)
+
+
+def test_norm_grads(rng):
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 4)), jnp.float32)
+    for layer, kw in ((nn.LayerNorm, {}), (nn.RMSNorm, {}), (nn.GroupNorm, {"num_groups": 2})):
+        _, params = layer.init(rng, x, **kw)
+        f = jax.jit(lambda p, x, layer=layer, kw=kw: layer.call(p, x, **kw))
+        check_grads(f, (params, x), order=1, modes=["rev"], atol=2e-2, rtol=2e-2)
+    _, params, state = BNNet.init_with_state(rng, x)
+    f = jax.jit(lambda p, x: BNNet.call_with_state(p, state, x)[0])
+    check_grads(f, (params, x), order=1, modes=["rev"], atol=2e-2, rtol=2e-2)

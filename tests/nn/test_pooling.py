@@ -57,8 +57,8 @@ def test_pool_1d_unbatched_and_dtypes(rng):
 
 def test_pool_grads(rng):
     x = jax.random.normal(rng, (1, 4, 4, 1))
-    check_grads(lambda x: nn.avg_pool(x, (2, 2), (2, 2)), (x,), order=2, modes=["rev"])
-    check_grads(lambda x: nn.max_pool(x, (2, 2), (1, 1)), (x,), order=1, modes=["rev"])
+    check_grads(jax.jit(lambda x: nn.avg_pool(x, (2, 2), (2, 2))), (x,), order=2, modes=["rev"])
+    check_grads(jax.jit(lambda x: nn.max_pool(x, (2, 2), (1, 1))), (x,), order=1, modes=["rev"])
 
 
 def test_pool_errors_name_module_and_shapes(rng):

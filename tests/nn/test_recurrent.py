@@ -73,7 +73,7 @@ def test_cell_grads(rng):
     x = jax.random.normal(rng, (1, 2))
     h0 = jnp.zeros((1, 2))
     _, params = nn.GRUCell.init(rng, h0, x)
-    check_grads(lambda p, x: nn.GRUCell.call(p, h0, x)[0], (params, x), order=1,
+    check_grads(jax.jit(lambda p, x: nn.GRUCell.call(p, h0, x)[0]), (params, x), order=1,
                 modes=["rev"], atol=1e-2, rtol=1e-2)
 
 
