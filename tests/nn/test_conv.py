@@ -152,3 +152,21 @@ def test_conv_transpose_same_shape(rng):
     x = jnp.ones((1, 3, 4, 2))
     y, _ = nn.ConvTranspose.init(rng, x, features=5, kernel_size=(3, 3), strides=(2, 2))
     assert y.shape == (1, 6, 8, 5)
+
+
+@pytest.mark.parametrize("ks,st,insz", [((3, 3), (2, 2), (3, 3)), ((4, 4), (2, 2), (3, 3)),
+                                        ((2,), (2,), (3,))])
+def test_conv_transpose_same_is_adjoint_of_conv(rng, ks, st, insz):
+    # <ConvTranspose(x, k), z> == <x, Conv(z, k')> with k' the flipped, in/out-swapped
+    # kernel: ConvTranspose with 'SAME' is the adjoint of a strided 'SAME' Conv.
+    n = len(ks)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, *insz, 2)), jnp.float32)
+    y, params = nn.ConvTranspose.init(rng, x, features=3, kernel_size=ks, strides=st,
+                                      bias=False)
+    assert y.shape == (1, *[i * s for i, s in zip(insz, st)], 3)
+    k2 = jnp.swapaxes(jnp.flip(params["kernel"], axis=tuple(range(n))), -1, -2)
+    spec = ("NHWC", "HWIO", "NHWC") if n == 2 else ("NHC", "HIO", "NHC")
+    conv = lambda z: jax.lax.conv_general_dilated(z, k2, st, "SAME", dimension_numbers=spec)
+    _, vjp = jax.vjp(conv, jnp.zeros(y.shape))
+    (adjoint,) = vjp(x)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(adjoint), rtol=1e-5, atol=1e-5)
