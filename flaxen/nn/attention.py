@@ -90,13 +90,22 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
                           axis: int | Sequence[int] | None = None,
                           broadcast_dropout: bool = True, dropout_rng: jax.Array | None = None,
                           dropout_rate: float = 0.0, deterministic: bool = False,
-                          precision: Any = None, mask: jax.Array | None = None) -> jax.Array:
+                          precision: Any = None, mask: jax.Array | None = None,
+                          implementation: str | None = None) -> jax.Array:
     """``softmax(q k^T / sqrt(depth) + bias) v`` over the attention axes.
 
-    Uses ``jax.nn.dot_product_attention`` (so fast kernels are used where the backend
-    has them) for the common case: one attention axis (rank-4 inputs), no dropout and
-    default precision. Otherwise an einsum path handles several attention axes (e.g.
-    2-D attention over images), other non-attention axes, and dropout.
+    Two implementations, same results:
+
+    - ``"jax_nn"``: ``jax.nn.dot_product_attention``, so fast kernels (cuDNN flash
+      attention) are used where the backend has them. Only for the common case: one
+      attention axis (rank-4 inputs), no dropout, default precision, and
+      ``depth == v_depth``.
+    - ``"einsum"``: two einsums and a float32 softmax; handles several attention axes
+      (e.g. 2-D attention over images), other non-attention axes, and dropout.
+
+    ``implementation=None`` picks ``"jax_nn"`` where it fits on GPU/TPU and ``"einsum"``
+    otherwise: on CPU, XLA runs ``jax.nn.dot_product_attention`` about 2.4x slower than
+    the einsum path (measured at (4, 256, 8, 64), float32).
 
     Args:
       query: ``(batch, d1..dn, heads, depth)``.
@@ -113,6 +122,8 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
       deterministic: disables dropout.
       precision: ``lax.Precision`` of both contractions.
       mask: a boolean mask (True = attend), same layout as ``bias``; combined with it.
+      implementation: ``None`` (automatic), ``"jax_nn"`` (where it fits; else the
+        einsum path) or ``"einsum"``.
 
     Returns:
       ``(batch, d1..dn, heads, v_depth)`` in ``dtype``.
@@ -144,7 +155,13 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
         raise LayerArgumentError(where(), "attention dropout_rate", "a value in [0, 1)",
                                  dropout_rate)
 
-    if nd == 4 and not use_dropout and precision is None and v.shape[-1] == q.shape[-1]:
+    if implementation not in (None, "jax_nn", "einsum"):
+        raise LayerArgumentError(where(), "attention implementation", "None, 'jax_nn' or "
+                                 "'einsum'", repr(implementation))
+    if implementation is None:
+        implementation = "einsum" if jax.default_backend() == "cpu" else "jax_nn"
+    fits = nd == 4 and not use_dropout and precision is None and v.shape[-1] == q.shape[-1]
+    if implementation == "jax_nn" and fits:
         if total_bias is not None:
             total_bias = jnp.broadcast_to(total_bias, logits_shape)
         # jax.nn promotes bf16 logits to f32 implicitly, which strict promotion rejects.
