@@ -59,6 +59,7 @@ CASES = [
     ((1, 5, 4, 2), (3, 2), (2, 1), "VALID", None, None, 1, 3),
     ((1, 4, 4, 4), (2, 2), (1, 1), ((1, 0), (0, 1)), None, (2, 1), 2, 4),
     ((1, 3, 3, 2), (2, 2), (1, 1), "VALID", (2, 1), None, 1, 2),
+    ((1, 3, 3, 2), (3, 3), (1, 1), "SAME", (2, 2), None, 1, 2),
     ((1, 4, 4, 3), (3, 3), (1, 1), "SAME", None, None, 3, 3),  # depthwise
     ((1, 3, 3, 3, 1), (2, 2, 2), (1, 1, 1), "VALID", None, None, 1, 2),  # 3-D
 ]
@@ -74,8 +75,9 @@ def test_conv_matches_loop(rng, shape, ks, st, pad, ldil, rdil, g, f):
     assert params["kernel"].shape == ks + (shape[-1] // g, f)
     ldil = ldil or (1,) * n
     rdil = rdil or (1,) * n
-    if pad == "SAME":
-        pads = same_pads(shape[1:-1], ks, st, rdil)
+    if pad == "SAME":  # the pads of the (input-dilated) input
+        dilated = tuple((d - 1) * ld + 1 for d, ld in zip(shape[1:-1], ldil))
+        pads = same_pads(dilated, ks, st, rdil)
     elif pad == "VALID":
         pads = [(0, 0)] * n
     else:

@@ -161,3 +161,16 @@ def test_norm_grads(rng):
     _, params, state = BNNet.init_with_state(rng, x)
     f = jax.jit(lambda p, x: BNNet.call_with_state(p, state, x)[0])
     check_grads(f, (params, x), order=1, modes=["rev"], atol=2e-2, rtol=2e-2)
+
+
+def test_batch_norm_channels_first_axis(rng):
+    # axis=1 (NCHW): statistics over batch and spatial axes, params of shape (C,).
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((3, 2, 4, 4)) * 2 + 1,
+                    jnp.float32)
+    y, params, state = nn.BatchNorm.init_with_state(rng, x, axis=1)
+    assert params["scale"].shape == (2,) and state["/"]["mean"].shape == (2,)
+    xn = _np(x)
+    mean = xn.mean(axis=(0, 2, 3), keepdims=True)
+    var = xn.var(axis=(0, 2, 3), keepdims=True)
+    np.testing.assert_allclose(np.asarray(y), (xn - mean) / np.sqrt(var + 1e-5), rtol=1e-4,
+                               atol=1e-4)
