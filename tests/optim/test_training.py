@@ -120,11 +120,22 @@ def test_learning_rate_every_step_compiles_once():
         return opt.optimize(lambda p: (jnp.sum(p["w"] ** 2), None), learning_rate=lr)[0]
 
     sched = optim.schedules.warmup_cosine(0.1, warmup_steps=3, decay_steps=10)
-    for i in range(10):
-        opt = step(opt, sched(i))
-    for lr in (0.1, 0.01, 0.001):  # Python floats too
+    lrs = [sched(i) for i in range(10)]
+    opt = step(opt, lrs[0])  # the one compilation
+    compiles = []
+    listener = lambda name, *_, **__: compiles.append(name)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        for lr in lrs[1:]:
+            opt = step(opt, lr)
+        jax.block_until_ready(opt)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert "/jax/core/compile/backend_compile_duration" not in compiles
+    assert len(traces) == 1
+    for lr in (0.1, 0.01, 0.001):  # Python floats (weakly typed): at most one more trace
         opt = step(opt, lr)
-    assert len(traces) <= 2  # one for jnp.float32 values, at most one for weak Python floats
+    assert len(traces) <= 2
     assert int(opt.state.step) == 13
 
 
