@@ -22,3 +22,4 @@ from flaxen.optim.optax_adapter import Optax as Optax
 from flaxen.optim.rmsprop import RMSProp as RMSProp
 from flaxen.optim.sgd import SGD as SGD
 from flaxen.optim.sgd import GradientDescent as GradientDescent
+from flaxen.optim.weight_norm import WeightNorm as WeightNorm
