@@ -219,7 +219,7 @@ class TransformerLM(nn.Module):
             x = DecoderBlock(x, c, deterministic, decode, name=f"block_{i}")
         x = nn.LayerNorm(x, dtype=c.dtype, name="ln_final")
         if c.tied_embeddings:
-            logits = embed.attend(x, dtype=c.dtype)
+            logits = embed.attend(x, dtype=c.dtype)  # type: ignore[attr-defined]
         else:
             logits = nn.Dense(x, c.vocab_size, dtype=c.dtype, bias=False,
                               kernel_init=nn.initializers.normal(stddev=0.02), name="logits")

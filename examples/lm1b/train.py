@@ -25,7 +25,7 @@ import json
 import math
 import os
 import time
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -441,7 +441,7 @@ _HELP = {
 
 def _define_flags() -> None:
     for field in dataclasses.fields(TrainArgs):
-        name, default = field.name, field.default
+        name, default = field.name, cast(Any, field.default)
         help_text = _HELP.get(name, name.replace("_", " ") + ".")
         if name == "max_train_sentences":
             flags.DEFINE_integer(name, None, "LM1b: use only the first N training sentences.")

@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import math
 import os
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -46,8 +47,9 @@ def _args(model_dir, text_file, **kw) -> train.TrainArgs:
     return train.TrainArgs(**base)
 
 
-def _config(**kw) -> models.LMConfig:
-    base = dict(vocab_size=11, emb_dim=16, num_heads=2, num_layers=2, mlp_dim=32, max_len=8)
+def _config(**kw: Any) -> models.LMConfig:
+    base: dict[str, Any] = dict(vocab_size=11, emb_dim=16, num_heads=2, num_layers=2,
+                                mlp_dim=32, max_len=8)
     base.update(kw)
     return models.LMConfig(**base)
 
