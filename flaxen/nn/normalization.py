@@ -127,10 +127,19 @@ class BatchNorm(Module):
                 old_var = jnp.asarray(ra_var.value).astype(jnp.float32)
                 ra_mean.value = m * old_mean + (one - m) * mean.astype(jnp.float32)
                 ra_var.value = m * old_var + (one - m) * var.astype(jnp.float32)
-        eps = jnp.asarray(epsilon, xs.dtype)
-        y = (xs - mean.reshape(bcast)) * lax.rsqrt(var.reshape(bcast) + eps)
-        y = _scale_and_shift(self, y, feat_shape, bcast, x.shape, scale, bias, scale_init,
-                             bias_init, param_dtype)
+        # Fold the per-feature factors first, so y = x * mul + shift: autodiff then keeps
+        # one full-size tensor per BatchNorm instead of two (ResNet-50 peak memory).
+        mul = lax.rsqrt(var + jnp.asarray(epsilon, xs.dtype))
+        if scale:
+            s = param_for_input(self, "scale", feat_shape, with_dtype(scale_init, param_dtype),
+                                x.shape)
+            mul = mul * jnp.asarray(s).astype(xs.dtype)
+        shift = -mean * mul
+        if bias:
+            b = param_for_input(self, "bias", feat_shape, with_dtype(bias_init, param_dtype),
+                                x.shape)
+            shift = shift + jnp.asarray(b).astype(xs.dtype)
+        y = xs * mul.reshape(bcast) + shift.reshape(bcast)
         return y.astype(dtype)
 
 
