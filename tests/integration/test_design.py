@@ -6,25 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import flaxen
+from examples.mnist.models import CNN  # the seed README's model, as the example ships it
 from flaxen import nn
-
-
-class CNN(nn.Module):
-    """The seed README's MNIST model, verbatim."""
-
-    def apply(self, x):
-        x = nn.Conv(x, features=32, kernel_size=(3, 3))
-        x = nn.relu(x)
-        x = nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
-        x = nn.Conv(x, features=64, kernel_size=(3, 3))
-        x = nn.relu(x)
-        x = nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
-        x = x.reshape((x.shape[0], -1))  # flatten
-        x = nn.Dense(x, features=256)
-        x = nn.relu(x)
-        x = nn.Dense(x, features=10)
-        x = nn.log_softmax(x)
-        return x
 
 
 def test_seed_cnn_parameter_layout_and_training_step(rng):
