@@ -116,12 +116,7 @@ class Conv(Module):
             lhs_dilation=lhs_dil, rhs_dilation=rhs_dil,
             dimension_numbers=_dimension_numbers(n), feature_group_count=g,
             precision=precision)
-        if bias:
-            b = self.param("bias", (features,), with_dtype(bias_init, param_dtype))
-            b = jnp.asarray(b).astype(dtype)
-            y = y + b.reshape((1,) * (y.ndim - 1) + (features,))
-        y = y.astype(dtype)
-        return y[0] if unbatched else y
+        return _add_bias(self, y, bias, features, bias_init, param_dtype, dtype, unbatched)
 
 
 class ConvTranspose(Module):
@@ -163,9 +158,16 @@ class ConvTranspose(Module):
             inputs.astype(dtype), jnp.asarray(kernel).astype(dtype), strides, padding,
             rhs_dilation=None if kernel_dilation is None else as_tuple(kernel_dilation, n),
             dimension_numbers=dn, precision=precision)
-        if bias:
-            b = self.param("bias", (features,), with_dtype(bias_init, param_dtype))
-            b = jnp.asarray(b).astype(dtype)
-            y = y + b.reshape((1,) * (y.ndim - 1) + (features,))
-        y = y.astype(dtype)
-        return y[0] if unbatched else y
+        return _add_bias(self, y, bias, features, bias_init, param_dtype, dtype, unbatched)
+
+
+def _add_bias(module: Module, y: jax.Array, bias: bool, features: int, bias_init: Any,
+              param_dtype: Any, dtype: Any, unbatched: bool) -> jax.Array:
+    """Adds the ``bias`` param (``(features,)``) if wanted; drops the batch axis added for
+    unbatched input. Shared by Conv and ConvTranspose."""
+    if bias:
+        b = module.param("bias", (features,), with_dtype(bias_init, param_dtype))
+        b = jnp.asarray(b).astype(dtype)
+        y = y + b.reshape((1,) * (y.ndim - 1) + (features,))
+    y = y.astype(dtype)
+    return y[0] if unbatched else y
