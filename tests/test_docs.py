@@ -9,6 +9,9 @@ For each page (README.md and every ``docs/**/*.md``, found by glob so new pages 
 * a block of any language preceded by the line ``<!-- excerpt: path/from/repo/root -->`` is
   not run; it must appear verbatim in that file. A line holding only ``...`` (indented or
   not) marks an elision: the pieces between such lines must appear verbatim, in order.
+* a ```text block preceded by the line ``<!-- output -->`` shows what the Python blocks
+  since the previous output block printed: it must match that output (trailing spaces
+  ignored; a ``...`` inside a line or on a line of its own matches any text).
 * running a page leaves no new files in the repository (pages write to temporary folders).
 """
 
@@ -31,6 +34,8 @@ PAGE_IDS = [str(p.relative_to(REPO)) for p in PAGES]
 PYTHON = {"python", "py", "python3"}
 FENCE = re.compile(r"^(?P<indent> *)(?P<ticks>`{3,})(?P<lang>[\w+-]*)")
 EXCERPT = re.compile(r"^\s*<!--\s*excerpt:\s*(?P<path>\S+)\s*-->\s*$")
+OUTPUT = re.compile(r"^\s*<!--\s*output\s*-->\s*$")
+MARK = "\x1e"  # separates the output of consecutive blocks on the runner's stdout
 
 
 @dataclass
@@ -42,6 +47,7 @@ class Block:
     lang: str
     code: str
     excerpt_of: str | None  # the quoted file, relative to the repository root
+    is_output: bool = False  # preceded by <!-- output -->: what the code above printed
 
 
 def parse_blocks(page: Path) -> list[Block]:
@@ -64,7 +70,7 @@ def parse_blocks(page: Path) -> list[Block]:
         assert i < len(lines), f"{page.name}:{start + 1}: code block is never closed"
         i += 1
         blocks.append(Block(page, start + 1, m["lang"].lower(), "\n".join(body) + "\n",
-                            excerpt["path"] if excerpt else None))
+                            excerpt["path"] if excerpt else None, bool(OUTPUT.match(prev))))
     return blocks
 
 
@@ -74,6 +80,7 @@ RUNNER = """
 import json, sys, traceback
 namespace = {"__name__": "__main__"}
 for label, code in json.load(sys.stdin):
+    print("\\x1e" + label, flush=True)
     try:
         exec(compile(code, label, "exec"), namespace)
     except BaseException:
@@ -94,7 +101,7 @@ def untracked_files() -> set[str] | None:
 
 def test_pages_are_found():
     names = set(PAGE_IDS)
-    assert {"README.md", "docs/design.md"} <= names
+    assert {"README.md", "docs/design.md", "docs/errors.md"} <= names
 
 
 @pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
@@ -147,9 +154,34 @@ def test_python_blocks_run(page):
     result = subprocess.run([sys.executable, "-c", RUNNER], input=payload, cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"{rel}:\n{result.stdout[-2000:]}\n{result.stderr[-6000:]}"
+    check_outputs(page, result.stdout)
     after = untracked_files()
     if before is not None and after is not None:
         assert after <= before, f"{rel} left files in the repository: {sorted(after - before)}"
+
+
+def check_outputs(page: Path, stdout: str) -> None:
+    """Each <!-- output --> block matches what the Python blocks before it printed."""
+    printed = {}
+    for chunk in stdout.split(MARK)[1:]:
+        label, _, text = chunk.partition("\n")
+        printed[label] = text
+    rel, pending = page.relative_to(REPO), ""
+    for block in parse_blocks(page):
+        if block.lang in PYTHON and block.excerpt_of is None:
+            pending += printed.get(f"{rel}:{block.line}", "")
+        elif block.is_output:
+            assert output_matches(block.code, pending), (
+                f"{rel}:{block.line}: the output shown is not what the code printed.\n"
+                f"shown:\n{block.code}\nprinted:\n{pending}")
+            pending = ""
+
+
+def output_matches(shown: str, printed: str) -> bool:
+    """Line-insensitive-to-trailing-spaces match where ``...`` stands for any text."""
+    norm = lambda t: "\n".join(line.rstrip() for line in t.strip().splitlines())
+    pattern = ".*?".join(re.escape(part) for part in norm(shown).split("..."))
+    return re.fullmatch(pattern, norm(printed), flags=re.DOTALL) is not None
 
 
 def test_no_doc_hard_codes_this_machine():
@@ -158,3 +190,18 @@ def test_no_doc_hard_codes_this_machine():
         for block in parse_blocks(page):
             for bad in ("../shared", "/work/"):
                 assert bad not in block.code, f"{page.name}:{block.line} hard-codes {bad!r}"
+
+
+def test_error_catalogue_lists_every_error_class():
+    """docs/errors.md has a section for every exception class in flaxen/errors.py."""
+    import inspect
+
+    from flaxen import errors
+
+    classes = [name for name, obj in vars(errors).items()
+               if inspect.isclass(obj) and issubclass(obj, BaseException)
+               and obj.__module__ == errors.__name__]
+    headings = set(re.findall(r"^#{2,3} (\w+)\s*$", (REPO / "docs" / "errors.md").read_text(),
+                              flags=re.M))
+    missing = sorted(set(classes) - headings)
+    assert not missing, f"docs/errors.md has no section for {missing}; add one (when, example, fix)"
