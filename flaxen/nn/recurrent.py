@@ -103,8 +103,8 @@ class GRUCell(Module):
         Args:
           carry: ``h`` of shape ``(batch..., hidden)``.
           inputs: ``(batch..., features)``.
-          gate_fn, activation_fn, kernel_init, recurrent_kernel_init, bias_init, dtype,
-            param_dtype: as in ``LSTMCell``.
+          gate_fn, activation_fn: as in ``LSTMCell``.
+          kernel_init, recurrent_kernel_init, bias_init, dtype, param_dtype: as in ``LSTMCell``.
 
         Returns:
           ``(h', h')`` in ``dtype``. Params: ``ir, iz, in`` ``{kernel (F, hidden), bias}``,
