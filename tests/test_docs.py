@@ -101,7 +101,8 @@ def untracked_files() -> set[str] | None:
 
 def test_pages_are_found():
     names = set(PAGE_IDS)
-    assert {"README.md", "docs/design.md", "docs/errors.md", "docs/metrics.md", "docs/tour.md"} <= names
+    assert {"README.md", "docs/design.md", "docs/errors.md", "docs/metrics.md", "docs/tour.md",
+            "docs/coming_from.md"} <= names
 
 
 @pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
