@@ -19,3 +19,29 @@ import jax  # noqa: E402
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def flaxen_data():
+    """Finds real data under ``$FLAXEN_DATA``, or skips the test saying what is missing.
+
+    ``flaxen_data("mnist-t10k")`` returns the path of that file or folder. Tests never fall
+    back to other data silently: without the data they are skipped, with the reason shown in
+    pytest's summary (``-ra``).
+    """
+
+    def find(name: str) -> pathlib.Path:
+        root = os.environ.get("FLAXEN_DATA")
+        if not root:
+            pytest.skip(f"needs real data {name!r}: set FLAXEN_DATA to the shared data folder")
+        path = pathlib.Path(root).resolve() / name
+        if not path.exists():
+            pytest.skip(f"needs real data: {path} does not exist (FLAXEN_DATA={root})")
+        return path
+
+    return find

@@ -2,7 +2,8 @@
 
 Each diff is applied with ``git apply`` to a fresh copy of the repository's ``examples/``
 folder, and the patched example trains for one short epoch in a subprocess (so the patched
-copy, not the installed one, is what runs).
+copy, not the installed one, is what runs), on 640 real MNIST test digits from
+``$FLAXEN_DATA/mnist-t10k`` (skipped, with the reason, when they are not there).
 """
 
 import gzip
@@ -12,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from examples.mnist import input_pipeline
@@ -22,20 +22,13 @@ REPO = Path(__file__).resolve().parents[1]
 HOWTOS = sorted((REPO / "docs" / "howtos").glob("*.diff"))
 
 
-def write_small_idx_dir(folder: Path, n_train: int = 512, n_test: int = 128) -> None:
-    """Four IDX files: real MNIST test digits when available, else a learnable synthetic set."""
-    shared = REPO.parent / "shared" / "data" / "mnist-t10k"
-    if shared.is_dir():
-        images = input_pipeline.parse_idx(
-            gzip.decompress((shared / "t10k-images-idx3-ubyte.gz").read_bytes()))
-        labels = input_pipeline.parse_idx(
-            gzip.decompress((shared / "t10k-labels-idx1-ubyte.gz").read_bytes()))
-    else:
-        rng = np.random.default_rng(0)
-        labels = rng.integers(0, 10, n_train + n_test).astype(np.uint8)
-        images = np.zeros((n_train + n_test, 28, 28), np.uint8)
-        for i, k in enumerate(labels):
-            images[i, 2 * k:2 * k + 6, 4:24] = 255
+def write_small_idx_dir(mnist_t10k: Path, folder: Path, n_train: int = 512,
+                        n_test: int = 128) -> None:
+    """Four IDX files cut from the real MNIST test digits (``$FLAXEN_DATA/mnist-t10k``)."""
+    images = input_pipeline.parse_idx(
+        gzip.decompress((mnist_t10k / "t10k-images-idx3-ubyte.gz").read_bytes()))
+    labels = input_pipeline.parse_idx(
+        gzip.decompress((mnist_t10k / "t10k-labels-idx1-ubyte.gz").read_bytes()))
     folder.mkdir(parents=True)
     for prefix, sl in (("train", slice(0, n_train)), ("t10k", slice(-n_test, None))):
         for kind, arr in (("images-idx3", images[sl]), ("labels-idx1", labels[sl])):
@@ -51,9 +44,10 @@ def test_there_are_howtos():
 
 
 @pytest.mark.parametrize("diff", HOWTOS, ids=[p.stem for p in HOWTOS])
-def test_howto_applies_and_trains(diff, tmp_path):
+def test_howto_applies_and_trains(diff, tmp_path, flaxen_data):
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
+    mnist_t10k = flaxen_data("mnist-t10k")
     work = tmp_path / "repo"
     shutil.copytree(REPO / "examples", work / "examples",
                     ignore=shutil.ignore_patterns("__pycache__"))
@@ -64,7 +58,7 @@ def test_howto_applies_and_trains(diff, tmp_path):
                if line.startswith("diff --git")]
     example = work / Path(changed[0]).parent
     data, out = tmp_path / "data", tmp_path / "out"
-    write_small_idx_dir(data)
+    write_small_idx_dir(mnist_t10k, data)
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device
     cmd = [sys.executable, "train.py", "--dataset=idx", f"--data_dir={data}",
            f"--output_dir={out}", "--num_epochs=1", "--batch_size=64", "--noprogress"]
