@@ -206,3 +206,12 @@ def test_error_catalogue_lists_every_error_class():
                               flags=re.M))
     missing = sorted(set(classes) - headings)
     assert not missing, f"docs/errors.md has no section for {missing}; add one (when, example, fix)"
+
+
+def test_readme_quick_start_ends_with_an_optimizer_step():
+    section = (REPO / "README.md").read_text().split("## Quick start", 1)[1]
+    block = re.search(r"^```python\n(.*?)^```", section, flags=re.M | re.S)
+    assert block, "README.md: the Quick start section has no ```python block"
+    code = [ln for ln in block[1].splitlines() if ln.strip() and not ln.startswith("print(")]
+    assert re.search(r"\.(apply_gradient|optimize)\(", code[-1]), (
+        f"README.md: the quick start should end with an optimizer step, ends with {code[-1]!r}")
