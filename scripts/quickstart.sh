@@ -83,7 +83,8 @@ EOF
   DATA_FLAGS=(--dataset=mnist)
   WHY="MNIST (downloaded or already cached)"
 else
-  echo "MNIST is not available: $(printf '%s\n' "$MNIST_ERROR" | tail -n1)"
+  echo "MNIST is not available: $(printf '%s\n' "$MNIST_ERROR" | tail -n1 |
+    sed 's/^[A-Za-z_.]*Error: //')"
   echo "Using Fashion-MNIST instead: the same format (28x28 grey images, 10 classes), from the"
   echo "Debian package dataset-fashion-mnist, which needs no internet beyond the package mirror."
   fashion_dir() {

@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,7 @@ def public_names(module_name: str) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def site() -> Path:
+def site() -> Iterator[Path]:
     prebuilt = os.environ.get("FLAXEN_DOCS_SITE")
     if prebuilt and Path(prebuilt, "index.html").is_file():
         yield Path(prebuilt)
