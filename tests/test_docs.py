@@ -140,6 +140,7 @@ def excerpt_pieces(code: str) -> list[str]:
     return ["\n".join(p) + "\n" for p in pieces if p]
 
 
+@pytest.mark.slow  # one Python process per page: about 5-30 s each
 @pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
 def test_python_blocks_run(page):
     blocks = [b for b in parse_blocks(page) if b.lang in PYTHON and b.excerpt_of is None]

@@ -80,6 +80,7 @@ def html_ids(site: Path) -> set[str]:
     return ids
 
 
+@pytest.mark.slow  # builds the site unless $FLAXEN_DOCS_SITE holds it
 def test_every_docs_page_is_in_the_site(site):
     config = (REPO / "mkdocs.yml").read_text()
     assert not re.search(r"^nav:", config, flags=re.M), (
@@ -90,6 +91,7 @@ def test_every_docs_page_is_in_the_site(site):
         assert built.is_file(), f"docs/{page.relative_to(REPO / 'docs')} is not in the site"
 
 
+@pytest.mark.slow  # builds the site unless $FLAXEN_DOCS_SITE holds it
 def test_api_reference_documents_every_public_name(site):
     ids = html_ids(site)
     missing = [m for m in documented_modules() if m not in ids]
