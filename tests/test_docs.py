@@ -152,7 +152,7 @@ def excerpt_pieces(code: str) -> list[str]:
 def test_python_blocks_run(page):
     blocks = [b for b in parse_blocks(page) if b.lang in PYTHON and b.excerpt_of is None]
     if not blocks:
-        pytest.skip(f"{page.name} has no Python blocks to run")
+        pytest.skip(f"{page.relative_to(REPO)} has no Python blocks to run")
     rel = page.relative_to(REPO)
     payload = json.dumps([[f"{rel}:{b.line}", b.code] for b in blocks])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
