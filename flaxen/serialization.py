@@ -306,9 +306,10 @@ def msgpack_serialize(pytree: Any, format: Format = "flaxen") -> bytes:
       pytree: a state dict (``to_state_dict`` output).
       format: ``"flaxen"`` (default): a msgpack map ``{'__flaxen_format__': FORMAT_VERSION,
         'tree': pytree, 'crc32': checksum}`` whose CRC-32 (4 bytes, big-endian, last in
-        the data) covers every byte before it. ``"flax"``: the bare tree, byte for byte
-        what ``flax.serialization.msgpack_serialize`` writes (no checksum), for files
-        that Flax's ``from_bytes`` / ``msgpack_restore`` must read.
+        the data) covers every byte before it. ``"flax"``: the bare tree in the encoding of
+        ``flax.serialization.msgpack_serialize`` (no envelope, no checksum; Flax's
+        chunked layout above 1 GiB), for files that Flax's ``from_bytes`` /
+        ``msgpack_restore`` / ``restore_checkpoint`` must read.
 
     Raises:
       SerializationError: a value has no byte encoding (object dtype, custom class,
