@@ -66,9 +66,9 @@ for _name in ("bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3b11fnuz",
         _ALLOWED_DTYPES[_name] = np.dtype(getattr(ml_dtypes, _name))
 # NumPy's type strings ('<f4', '|u1', '>i8'), as the pre-release Flax wrote them.
 _TYPESTRS: dict[str, np.dtype] = {}
-for _dt in list(_ALLOWED_DTYPES.values())[:14]:
-    for _order in "<>=|":
-        _TYPESTRS.setdefault(_dt.newbyteorder(_order).str, _dt.newbyteorder(_order))
+for _dt in list(_ALLOWED_DTYPES.values())[:14]:  # NumPy's own dtypes, not ml_dtypes
+    for _typed in (_dt.newbyteorder("<"), _dt.newbyteorder(">"), _dt.newbyteorder("=")):
+        _TYPESTRS.setdefault(_typed.str, _typed)
 
 
 # -- Writing ---------------------------------------------------------------------------

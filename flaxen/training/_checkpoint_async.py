@@ -81,7 +81,7 @@ class AsyncCheckpointer:
         self._thread: threading.Thread | None = None
         self._key = next(_keys)
 
-    def _start(self, path: str, write: Callable[[], None]) -> None:
+    def _start(self, path: str, write: Callable[[], object]) -> None:
         key = self._key
 
         def run() -> None:
@@ -96,7 +96,7 @@ class AsyncCheckpointer:
 
     def save(self, ckpt_dir: str | os.PathLike[str], target: Any, step: int,
              prefix: str = "checkpoint_", keep: int = 1, overwrite: bool = False,
-             layout: str = "flaxen", format: str = "flaxen") -> str:
+             layout: Any = "flaxen", format: Any = "flaxen") -> str:
         """Starts saving ``target``; returns the path the checkpoint will have.
 
         Raises:
