@@ -377,6 +377,10 @@ def restore(data: bytes | bytearray | memoryview, overhead_factor: float = 4,
                 f"1 to {FORMAT_VERSION}. Upgrade flaxen to read it."
             )
         return tree[_TREE_KEY]
-    if checked:
-        raise SerializationError("Damaged data: malformed format header.")
+    head = bytes(view[:24])
+    if checked or b"__flaxen" in head or b"_format__" in head or (
+            isinstance(tree, dict) and len(tree) == 3 and list(tree)[1:2] == [_TREE_KEY]):
+        # A flaxen envelope whose first and last bytes are both damaged.
+        raise SerializationError("Damaged data: malformed format header (the file's first "
+                                 "and last bytes are damaged).")
     return tree
