@@ -10,9 +10,12 @@ Two layers, as in the pre-release Flax:
   ``as_dict()``). Register your own with ``register_serialization_state``.
 * **Bytes**. ``msgpack_serialize`` / ``msgpack_restore`` write and read a state dict as
   msgpack with typed arrays (dtype name, shape, raw C-order bytes; bfloat16 and the
-  other ``ml_dtypes`` included). Nothing is ever unpickled or executed: every dtype is
-  checked against an allow-list and every size against the bytes actually present
-  before anything is built. ``to_bytes`` / ``from_bytes`` combine both layers.
+  other ``ml_dtypes`` included), in flaxen's checksummed envelope or, with
+  ``format="flax"``, as Flax writes them; files of Flax and of the pre-release are read
+  too. Nothing is ever unpickled or executed: every dtype is checked against an
+  allow-list, every size against the bytes actually present, and the memory a decode
+  may use is bounded by the input size (``DECODE_OVERHEAD_FACTOR``). ``to_bytes`` /
+  ``from_bytes`` combine both layers. The byte format lives in ``flaxen._byte_format``.
 
 The byte format (version ``FORMAT_VERSION``) is described in ``docs/checkpoints.md``.
 """
