@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from flaxen import serialization
+from flaxen import _byte_format, serialization
 from flaxen.errors import CheckpointMismatchError
 from flaxen.training import _optimizer_layout
 
@@ -89,7 +89,7 @@ def _to_host(x: Any) -> Any:
     if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
         if serialization.is_key_array(x):
             x = jax.random.key_data(x)
-        return np.asarray(jax.device_get(x))
+        return _byte_format._host_array(x)  # gathers arrays sharded across processes
     return x
 
 
