@@ -15,10 +15,12 @@ import socket
 import stat
 import time
 import uuid
+import zlib
 from typing import Any
 
 import numpy as np
 
+from flaxen import _byte_format
 from flaxen.errors import CheckpointError, CheckpointExistsError, CheckpointWriteError
 
 _log = logging.getLogger("flaxen.training.checkpoints")
@@ -121,6 +123,39 @@ def latest(ckpt_dir: str, prefix: str) -> str | None:
             time.sleep(0.001)
     raise CheckpointError(f"The checkpoints in {ckpt_dir!r} changed on every one of 1000 "
                           "listings; cannot pick the latest.")
+
+
+STREAM_CHECK_BYTES = 256 * 2**20
+
+
+def check_before_reading(path: str) -> None:
+    """For a flaxen file above ``STREAM_CHECK_BYTES``: verifies its checksum in 64 MiB
+    pieces before the whole file is read into memory, so a damaged huge file is refused
+    without allocating its size. Smaller files are checked after the (single) read.
+
+    Raises:
+      SerializationError: the checksum does not match.
+      FileNotFoundError: the file vanished.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size <= STREAM_CHECK_BYTES:
+            return
+        head = f.read(32)
+        f.seek(size - 12)
+        tail = f.read(12)
+        if not _byte_format.is_flaxen_data(memoryview(head + tail)):
+            return  # a Flax or pre-release file: no checksum to check
+        f.seek(0)
+        crc, left = 0, size - 4
+        while left > 0:
+            piece = f.read(min(_READ_PIECE, left))
+            if not piece:
+                break
+            crc = zlib.crc32(piece, crc)
+            left -= len(piece)
+    if left or crc != int.from_bytes(tail[-4:], "big"):
+        _byte_format.verify_checksum(memoryview(b""))  # raises the "Damaged data" error
 
 
 def read_file(path: str, max_bytes: int) -> memoryview:

@@ -238,6 +238,8 @@ def _load(ckpt_dir: str, step: Any, prefix: str, max_bytes: int) -> tuple[str | 
         if os.path.isdir(path):
             return path, _orbax.restore(path)
         try:
+            if os.path.getsize(path) <= max_bytes:
+                files.check_before_reading(path)
             data = files.read_file(path, max_bytes)
         except FileNotFoundError as e:
             # The latest checkpoint was pruned by a concurrent save between listing and
@@ -247,6 +249,8 @@ def _load(ckpt_dir: str, step: Any, prefix: str, max_bytes: int) -> tuple[str | 
             continue
         except OSError as e:
             raise CheckpointError(f"Cannot read the checkpoint {path!r}: {e}") from e
+        except SerializationError as e:
+            raise SerializationError(f"Checkpoint {path!r}: {e}") from e
         try:
             return path, serialization.msgpack_restore(data)
         except SerializationError as e:

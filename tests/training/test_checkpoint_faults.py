@@ -12,7 +12,12 @@ import threading
 import numpy as np
 import pytest
 
-from flaxen.errors import CheckpointError, CheckpointExistsError, CheckpointWriteError
+from flaxen.errors import (
+    CheckpointError,
+    CheckpointExistsError,
+    CheckpointWriteError,
+    SerializationError,
+)
 from flaxen.training import checkpoints
 
 DRIVER = os.path.join(os.path.dirname(__file__), "race_drivers.py")
@@ -188,3 +193,22 @@ def test_loaders_refuse_files_above_max_bytes(tmp_path):
     assert checkpoints.restore_checkpoint(path, None, max_bytes=os.path.getsize(path))[
         "w"].shape == (1000,)
     assert checkpoints.MAX_FILE_BYTES >= 2**30
+
+
+def test_large_damaged_file_is_refused_before_it_is_read_whole(tmp_path, monkeypatch):
+    # Above STREAM_CHECK_BYTES the checksum is verified in pieces before the file is read
+    # into memory; the threshold is lowered here instead of writing 256 MiB.
+    checkpoints.save_checkpoint(tmp_path, {"w": np.arange(1000, dtype=np.float32)}, 1)
+    monkeypatch.setattr(checkpoints.files, "STREAM_CHECK_BYTES", 0)
+    back = checkpoints.restore_checkpoint(tmp_path, {"w": np.zeros(1000, np.float32)})
+    np.testing.assert_array_equal(back["w"], np.arange(1000, dtype=np.float32))
+    data = bytearray((tmp_path / "checkpoint_1").read_bytes())
+    data[len(data) // 2] ^= 1
+    (tmp_path / "checkpoint_1").write_bytes(bytes(data))
+
+    def never(*args):
+        raise AssertionError("the damaged file was read whole")
+
+    monkeypatch.setattr(checkpoints.files, "read_file", never)
+    with pytest.raises(SerializationError, match="checkpoint_1.*checksum mismatch"):
+        checkpoints.restore_checkpoint(tmp_path, {"w": np.zeros(1000, np.float32)})
