@@ -188,14 +188,11 @@ def _save_bytes(ckpt_dir: str, data: list[bytes], step_text: str, prefix: str, k
     files.place(ckpt_dir, final, data, overwrite)
     files.fsync_dir(ckpt_dir)
     existing = files.scan(ckpt_dir, prefix)[0]
-    if not overwrite and any(s > this for s, _ in existing):
-        # Another process saved a later step meanwhile: this one would be pruned anyway.
-        files.remove_quietly(final)
-        raise files.exists_error(ckpt_dir, step_text, [os.path.basename(p) for s, p in
-                                                       existing if s > this])
     # The new checkpoint is in place: only now remove older (and, with overwrite, later).
+    # The `keep` largest steps stay (a later step saved meanwhile by another process
+    # counts too).
     stale = [p for s, p in existing if s > this] if overwrite else []
-    kept = [p for s, p in existing if s <= this]
+    kept = [p for s, p in existing if s <= this or not overwrite]
     for path in stale + kept[:-keep]:
         files.remove_quietly(path)
     files.remove_stale_tmp(ckpt_dir, prefix)
