@@ -21,7 +21,12 @@ max_len, heads, head_dim)``) and ``cache_index`` (int32 scalar). The protocol:
 Each step writes its key/value at ``cache_index``, attends to positions ``<=
 cache_index`` and increments it, so step ``t`` equals position ``t`` of the full causal
 pass. (``init_with_state(rng, x_full, decode=True)`` also allocates the cache.) More than
-``max_len`` steps is not detected under jit: the last slot is overwritten.
+``max_len`` steps raises ``CacheError`` eagerly; under jit (the index is traced) the
+output of such a step is NaN.
+
+The pre-release protocol works too: ``cache=`` takes an ``nn.attention.Cache`` (defined
+at init, allocated with ``initialize_cache``, mutated once per step; see
+``flaxen/nn/cache.py``), whose entries live outside the module state.
 """
 
 from __future__ import annotations
@@ -406,7 +411,7 @@ class MultiHeadDotProductAttention(Module):
                 masks.append(cache_mask)
                 step = True
         if decode:
-            key, value, step = self._decode_cache(path, query, key, value, axes, nd)
+            key, value, step, in_range = self._decode_cache(path, query, key, value, axes, nd)
             if step:
                 length = key.shape[1]
                 index = self.state("cache_index").value - 1
@@ -503,8 +508,12 @@ class MultiHeadDotProductAttention(Module):
         return masks
 
     def _decode_cache(self, path: str, query: jax.Array, key: jax.Array, value: jax.Array,
-                      axes: tuple[int, ...], nd: int) -> tuple[jax.Array, jax.Array, bool]:
-        """Allocates the cache (first call) or writes one step into it; returns k, v, step."""
+                      axes: tuple[int, ...], nd: int) -> tuple[jax.Array, jax.Array, bool, Any]:
+        """Allocates the cache (first call) or writes one step into it.
+
+        Returns ``(keys, values, is_step, in_range)``; ``in_range`` (None at allocation)
+        is False for a step past the cache's end, whose output is then NaN under jit.
+        """
         if nd != 3 or axes != (1,):
             raise LayerArgumentError(path, "decode=True inputs", "(batch, len, features) "
                                      "attending over axis 1", f"rank {nd}, axes {axes}")
@@ -513,7 +522,7 @@ class MultiHeadDotProductAttention(Module):
             self.state("cached_key", key.shape, lambda _, s: jnp.zeros(s, key.dtype))
             self.state("cached_value", value.shape, lambda _, s: jnp.zeros(s, value.dtype))
             self.state("cache_index", (), lambda _, s: jnp.zeros(s, jnp.int32))
-            return key, value, False
+            return key, value, False, None
         cached_value = self.state("cached_value")
         cache_index = self.state("cache_index")
         ck, cv = cached_key.value, cached_value.value
@@ -523,13 +532,19 @@ class MultiHeadDotProductAttention(Module):
                              f"{ck.shape})", f"{key.shape} (query {query.shape})",
                              "Feed inputs of shape (batch, 1, features) in decoding steps.")
         index = jnp.asarray(cache_index.value, jnp.int32)
+        if not isinstance(index, jax.core.Tracer) and int(index) >= ck.shape[1]:
+            raise CacheError(path, "decoding step", f"at most {ck.shape[1]} steps (the "
+                             "length of the full input that allocated the cache)",
+                             f"step {int(index) + 1}", "Allocate the cache with a longer "
+                             "input: (batch, max_len, ...) with max_len >= every position "
+                             "you decode.")
         zero = jnp.zeros((), jnp.int32)
         start = (zero, index, zero, zero)
         ck = lax.dynamic_update_slice(ck, key.astype(ck.dtype), start)
         cv = lax.dynamic_update_slice(cv, value.astype(cv.dtype), start)
         cached_key.value, cached_value.value = ck, cv
         cache_index.value = index + jnp.ones((), jnp.int32)
-        return ck, cv, True
+        return ck, cv, True, index < ck.shape[1]
 
 
 class SelfAttention(MultiHeadDotProductAttention):
@@ -558,6 +573,7 @@ class SelfAttention(MultiHeadDotProductAttention):
                                      "Pass num_heads=, e.g. `nn.SelfAttention(x, "
                                      "num_heads=8)`.")
         x = inputs_q if inputs_q is not None else inputs
+        assert x is not None
         return super().apply(x, inputs_kv, num_heads, **kwargs)
 
 

@@ -66,7 +66,7 @@ class _Frame:
         # is being created inside a transformation (scan, vmap, ...) that apply started.
         if trace is None:
             trace = parent.trace if parent is not None else trace_state()
-        self.trace = trace
+        self.trace: Any = trace
         self.class_name = class_name
         self.transparent = transparent
         transparent_parent = parent is not None and parent.transparent
@@ -357,7 +357,8 @@ class Module:
         # written inside the jit below: each gets a mutable stand-in there, and what was
         # stored comes back out (arrays as outputs, other values such as descriptors
         # through Python), then lands in the caller's collection.
-        passed = {i: a for i, a in enumerate(args) if _is_mutable_collection(a)}
+        passed: dict[int | str, Any] = {
+            i: a for i, a in enumerate(args) if _is_mutable_collection(a)}
         passed.update({k: v for k, v in kwargs.items() if _is_mutable_collection(v)})
         static_out: dict[Any, Any] = {}
 

@@ -259,3 +259,17 @@ def test_feature_mismatch_blames_the_stored_kernel(rng):
     assert "qkv_features" not in msg
     with pytest.raises(ShapeError, match=r"num_heads=8, got num_heads=4"):
         nn.SelfAttention.call(params, jnp.ones((2, 3, 8)), num_heads=4)
+
+
+def test_decode_true_past_the_end(rng):
+    from flaxen.errors import CacheError
+
+    x = _randn(2, 2, 3, seed=7)
+    _, params = _init_decoder(rng, x)
+    _, cache = _allocate(params, jnp.zeros_like(x))
+    for t in range(2):
+        _, cache = Decoder.call_with_state(params, cache, x[:, t:t + 1], decode=True)
+    with pytest.raises(CacheError, match=r"Decoder/SelfAttention_1.*at most 2 steps.*step 3"):
+        Decoder.call_with_state(params, cache, x[:, :1], decode=True)
+    y, _ = _step(params, cache, x[:, :1])  # under jit: NaN, not an overwritten slot
+    assert bool(jnp.all(jnp.isnan(y)))

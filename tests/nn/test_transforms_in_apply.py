@@ -240,3 +240,23 @@ def test_scan_in_dim_bad_axis_names_the_module():
         jax_utils.scan_in_dim(lambda c, x: (c, x), 0.0, (jnp.ones((2, 3)), jnp.ones((4, 3))))
     with pytest.raises(errors.ScanAxisError, match="distinct"):
         jax_utils.scan_in_dim(lambda c, x: (c, x), 0.0, jnp.ones((2, 3)), axis=(0, -2))
+
+
+def test_raw_lax_scan_lstm_uses_the_params_passed_in(rng):
+    """The reported defect: params made in the scan leaked as tracers at init, and a call
+    with all-zero weights returned the init-time output."""
+
+    class RawLSTM(nn.Module):
+        def apply(self, xs):
+            cell = nn.LSTMCell.partial(name="lstm_cell")
+            carry = nn.LSTMCell.initialize_carry(jax.random.PRNGKey(0), xs.shape[:1], 4)
+            carry, ys = lax.scan(lambda c, x: cell(c, x), carry, jnp.swapaxes(xs, 0, 1))
+            return carry, jnp.swapaxes(ys, 0, 1)
+
+    out, params = RawLSTM.init(rng, XS)
+    _check_encoder(params, out)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    for run in (RawLSTM.call, jax.jit(RawLSTM.call)):
+        (_, h), ys = run(zeros, XS)
+        np.testing.assert_allclose(ys, ref_encoder(zeros, XS)[1], **TOL)
+        assert not np.allclose(ys, out[1])
