@@ -157,12 +157,15 @@ def test_encoder_decoder_decodes_to_the_full_logits():
     def decode_all(model, src, tgt, cache):
         encoded = model.encode(src)
 
-        def body(cache, tok):
+        def body(state):  # a while_loop, as the pre-release beam search threaded it
+            t, cache, out = state
+            tok = lax.dynamic_slice_in_dim(tgt, t, 1, axis=1)
             with cache.mutate() as new_cache:
-                logits = model.decode(encoded, tok[:, None], cache=new_cache)
-            return new_cache, logits[:, 0]
+                logits = model.decode(encoded, tok, cache=new_cache)
+            return t + 1, new_cache, lax.dynamic_update_slice(out, logits, (0, t, 0))
 
-        return lax.scan(body, cache, tgt.T)[1].transpose(1, 0, 2)
+        init = (0, cache, jnp.zeros((B, L, V)))
+        return lax.while_loop(lambda s: s[0] < L, body, init)[2]
 
     got = decode_all(model, src, tgt, cache_def.initialize_cache((B, L)))
     np.testing.assert_allclose(got, full, **TOL)
