@@ -133,12 +133,15 @@ class StateTraceError(FlaxenError):
 class MissingRngError(FlaxenError):
     """A module needs random numbers (e.g. dropout) but no RNG was provided."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, module_class: str = "", what: str = "a random key"):
+        who = f'Module "{path}"' + (f" (class {module_class})" if module_class else "")
         super().__init__(
-            f'Module "{path}" needs a random key (for example for dropout), but none was '
-            "provided. Pass one explicitly with `model(x, _rng=key)` / "
-            "`Module.call(params, x, _rng=key)`, or wrap the call in "
-            "`with nn.stochastic(key):`. For evaluation, pass `deterministic=True`."
+            f"{who} asked for {what} (nn.make_rng, e.g. for dropout), but no random key "
+            "was provided. Pass one explicitly: `model(x, _rng=key)`, "
+            "`Module.call(params, x, _rng=key)`, or with state "
+            "`model.call_with_state(state, x, _rng=key)`; or wrap the call in "
+            "`with nn.stochastic(key):`. For evaluation, pass `deterministic=True` "
+            "(or `train=False`) so that no key is needed."
         )
 
 
@@ -246,3 +249,36 @@ class BatchShardingError(FlaxenError):
 
 class ReplicationError(FlaxenError):
     """An array cannot be replicated or brought back to one device as asked."""
+
+
+# -- JAX transformations inside apply, decoding caches, scans ---------------------------
+
+
+class TransformInitError(FlaxenError):
+    """A parameter would be created inside a JAX transformation that ``apply`` started,
+    from values that only exist inside it (so it would leak out as a tracer)."""
+
+    def __init__(self, path: str, transform_hint: str = ""):
+        super().__init__(
+            f'Parameter "{path}" would be created inside a JAX transformation (lax.scan, '
+            "fori_loop, while_loop, vmap, checkpoint/remat, cond) started inside apply, "
+            "but its initial value depends on traced values (the init is itself under "
+            "jax.jit, e.g. init_by_shape, or the initializer reads the loop's inputs), so "
+            "it cannot be created once outside the loop. Fix: create it before the "
+            "transformation and reuse it inside: `cell = Cell.shared(name='cell')`, "
+            "`if self.is_initializing(): cell(carry, xs[0])`, then call `cell` in the loop; "
+            "or use "
+            "`flaxen.jax_utils.scan_in_dim(Cell.partial(name='cell'), carry, xs)` or "
+            f"`nn.RNN`, which do this for you.{transform_hint}"
+        )
+
+
+class CacheError(FlaxenError):
+    """A decoding ``nn.attention.Cache`` is missing, not initialised, or used past its end."""
+
+    def __init__(self, path: str, what: str, expected: object, got: object, fix: str):
+        super().__init__(f'In module "{path}": {what}: expected {expected}, got {got}. {fix}')
+
+
+class ScanAxisError(FlaxenError):
+    """``jax_utils.scan_in_dim`` was asked to scan over an axis an input does not have."""

@@ -23,6 +23,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from flaxen.errors import (
     InvalidNameError,
@@ -32,10 +33,11 @@ from flaxen.errors import (
     ParamShapeError,
     ParamsStructureError,
     SharedModuleError,
+    TransformInitError,
 )
 from flaxen.nn import collection as _coll
 from flaxen.nn import stochastic as _stoch
-from flaxen.nn._context import current_frame, pushed, stacks
+from flaxen.nn._context import current_frame, pushed, stacks, trace_state
 
 Params = dict[str, Any]
 InitFn = Callable[[jax.Array, Any], Any]  # (key, shape) -> value
@@ -55,11 +57,16 @@ class _Frame:
     """One run of one module: its scope of names and its level of the params dict."""
 
     __slots__ = ("name", "parent", "params", "rng", "path", "counter", "claimed", "shared",
-                 "class_name", "transparent")
+                 "class_name", "transparent", "trace")
 
     def __init__(self, name: str | None, parent: _Frame | None, params: Params, rng: Any,
-                 class_name: str = "", transparent: bool = False):
+                 class_name: str = "", transparent: bool = False, trace: Any = None):
         self.name = name
+        # The JAX trace the entry point ran in: a parameter created under another trace
+        # is being created inside a transformation (scan, vmap, ...) that apply started.
+        if trace is None:
+            trace = parent.trace if parent is not None else trace_state()
+        self.trace: Any = trace
         self.class_name = class_name
         self.transparent = transparent
         transparent_parent = parent is not None and parent.transparent
@@ -104,6 +111,36 @@ class _Frame:
 
     def on_stack(self) -> bool:
         return any(f is self for f in stacks.frames)
+
+
+def _has_tracer(tree: Any) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
+
+
+def _init_value(frame: _Frame, path: str, rng: Any, make: Callable[[], Any],
+                strict: bool = True) -> Any:
+    """``make()`` (an initial value, or a child's key) without leaking it out of a trace.
+
+    At the trace the entry point ran in, this is just ``make()``. Inside a transformation
+    that ``apply`` started (``lax.scan``, ``vmap``, ``checkpoint``, ``cond``, ...), the
+    value is computed eagerly with ``jax.ensure_compile_time_eval``, so it is created once,
+    as a concrete array, and every step and every later call reads that same value. If
+    it cannot be concrete (the key is itself traced, e.g. ``init`` under ``jax.jit``, or
+    the initializer reads the loop's inputs), ``TransformInitError`` says how to create it
+    before the transformation. With ``strict=False`` (a child's key), a traced result is
+    returned as is: the error comes only if that child actually creates a parameter.
+    """
+    if trace_state() == frame.trace:
+        return make()
+    if _has_tracer(rng):
+        if strict:
+            raise TransformInitError(path)
+        return make()
+    with jax.ensure_compile_time_eval():
+        value = make()
+    if strict and _has_tracer(value):
+        raise TransformInitError(path)
+    return value
 
 
 def _check_name(name: Any) -> None:
@@ -168,7 +205,8 @@ class Module:
         if parent.is_init and name not in parent.params:
             params: Params = {}
             parent.params[name] = params
-            rng = fold_in_str(parent.rng, name)
+            rng = _init_value(parent, parent.label(name), parent.rng,
+                              lambda: fold_in_str(parent.rng, name), strict=False)
         else:
             if name not in parent.params:
                 raise ParamNotFoundError(parent.label(name), "module", list(parent.params))
@@ -180,8 +218,8 @@ class Module:
 
     @classmethod
     def _run(cls, name: str | None, parent: _Frame | None, params: Params, rng: Any,
-             args: tuple, kwargs: dict) -> Any:
-        frame = _Frame(name, parent, params, rng, cls.__name__, cls._transparent)
+             args: tuple, kwargs: dict, trace: Any = None) -> Any:
+        frame = _Frame(name, parent, params, rng, cls.__name__, cls._transparent, trace)
         instance = object.__new__(cls)
         instance._frame = frame
         with pushed(stacks.frames, frame):
@@ -210,7 +248,8 @@ class Module:
         frame.claim(name, "parameter")
         path = frame.label(name)
         if frame.is_init and name not in frame.params:
-            value = initializer(fold_in_str(frame.rng, name), shape)
+            value = _init_value(frame, path, frame.rng,
+                                lambda: initializer(fold_in_str(frame.rng, name), shape))
             frame.params[name] = value
         elif name in frame.params:
             value = frame.params[name]
@@ -241,15 +280,19 @@ class Module:
         collection = _coll.get_state() if collection is None else collection
         handle = _coll.ModuleState(collection, name)
         if initializer is not None and not handle.exists():
-            key = self._state_key(name)
-            handle.value = initializer(key, shape)
+            base = self._state_base()
+            handle.value = _init_value(
+                self._frame, self._frame.label(name), base,
+                lambda: initializer(self._state_key(base, name), shape))
         return handle
 
-    def _state_key(self, name: str) -> jax.Array:
+    def _state_base(self) -> jax.Array:
         frame: _Frame | None = self._frame
         while frame is not None and not frame.is_init:
             frame = frame.parent
-        base = frame.rng if frame is not None else jax.random.PRNGKey(0)
+        return frame.rng if frame is not None else jax.random.PRNGKey(0)
+
+    def _state_key(self, base: jax.Array, name: str) -> jax.Array:
         return fold_in_str(fold_in_str(base, "state"), _join(self._frame.path, name))
 
     def is_initializing(self) -> bool:
@@ -274,7 +317,7 @@ class Module:
         name = name if name is not None else cls._default_name
         if name is not None:
             _check_name(name)
-        return cls._run(name, current_frame(), params, rng, args, kwargs)
+        return cls._run(name, current_frame(), params, rng, args, kwargs, trace_state())
 
     @classmethod
     def init(cls, _rng: jax.Array, *args: Any, name: str | None = None,
@@ -310,23 +353,44 @@ class Module:
         state = _coll.get_state() if _coll.is_stateful() else None
         outer_key = _stoch.make_rng() if _stoch.is_stochastic() else None
 
-        def init_params(rng: jax.Array, key: Any) -> tuple[Params, dict[str, Any]]:
+        # Mutable Collections passed as arguments (a decoding Cache being defined) are
+        # written inside the jit below: each gets a mutable stand-in there, and what was
+        # stored comes back out (arrays as outputs, other values such as descriptors
+        # through Python), then lands in the caller's collection.
+        passed: dict[int | str, Any] = {
+            i: a for i, a in enumerate(args) if _is_mutable_collection(a)}
+        passed.update({k: v for k, v in kwargs.items() if _is_mutable_collection(v)})
+        static_out: dict[Any, Any] = {}
+
+        def init_params(rng: jax.Array, key: Any) -> tuple[Params, dict[str, Any], Any]:
             inputs = [jnp.zeros(s.shape, s.dtype) for s in specs]
+            call_args, call_kwargs = list(args), dict(kwargs)
             scopes = contextlib.ExitStack()
             with scopes:
                 if key is not None:
                     scopes.enter_context(_stoch.stochastic(key))
                 new_state = (scopes.enter_context(_coll.stateful(_coll.Collection()))
                              if state is not None else None)
-                out, params = cls.init(rng, *inputs, *args, name=name, **kwargs)
+                inner = {k: scopes.enter_context(c.mutate()) for k, c in passed.items()}
+                for k, c in inner.items():
+                    if isinstance(k, int):
+                        call_args[k] = c
+                    else:
+                        call_kwargs[k] = c
+                out, params = cls.init(rng, *inputs, *call_args, name=name, **call_kwargs)
             out_shapes.append(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), out))
-            return params, (new_state.as_dict() if new_state is not None else {})
+            arrays = {}
+            for k, c in inner.items():
+                arrays[k], static_out[k] = _split_arrays(c.as_dict())
+            return params, (new_state.as_dict() if new_state is not None else {}), arrays
 
         # Only params leave the jitted function: XLA drops the forward pass as dead code.
-        params, new_values = jax.jit(init_params)(_rng, outer_key)
+        params, new_values, arrays = jax.jit(init_params)(_rng, outer_key)
         if state is not None:
             for path, value in new_values.items():
                 state._state.setdefault(path, value)
+        for k, c in passed.items():
+            c._state.update(_join_arrays(arrays[k], static_out[k]))
         return out_shapes[0], params
 
     @classmethod
@@ -433,6 +497,31 @@ class Module:
 
 
 _PARTIALS: dict[Any, type[Module]] = {}
+
+
+def _is_mutable_collection(x: Any) -> bool:
+    return isinstance(x, _coll.Collection) and x._mutable
+
+
+def _split_arrays(values: dict[str, Any]) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    """``{path: value}`` -> (the array leaves, which may leave a jit, and the rest)."""
+    arrays, rest = {}, {}
+    for path, value in values.items():
+        leaves, treedef = jax.tree.flatten(value)
+        is_array = [isinstance(x, (jax.Array, np.ndarray)) for x in leaves]
+        arrays[path] = [x for x, a in zip(leaves, is_array) if a]
+        rest[path] = (treedef, [None if a else x for x, a in zip(leaves, is_array)])
+    return arrays, rest
+
+
+def _join_arrays(arrays: dict[str, list[Any]], rest: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of ``_split_arrays``."""
+    values = {}
+    for path, (treedef, leaves) in rest.items():
+        it = iter(arrays[path])
+        values[path] = jax.tree.unflatten(treedef, [next(it) if x is None else x
+                                                    for x in leaves])
+    return values
 
 
 def _as_spec(spec: Any) -> jax.ShapeDtypeStruct:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import jax
 
 from flaxen.errors import MissingRngError, StateTraceError
-from flaxen.nn._context import current_path, pushed, stacks
+from flaxen.nn._context import current_frame, current_path, pushed, stacks
 
 
 @dataclasses.dataclass
@@ -62,7 +62,8 @@ def make_rng() -> jax.Array:
         ``jax.jit``/``lax.scan``, which would bake the same key into every call.
     """
     if not stacks.rngs:
-        raise MissingRngError(current_path())
+        frame = current_frame()
+        raise MissingRngError(current_path(), frame.class_name if frame is not None else "")
     scope = stacks.rngs[-1]
     scope.counter += 1
     key = jax.random.fold_in(scope.base, scope.counter)

@@ -218,3 +218,58 @@ def test_decoding_errors(rng):
     _, cache = _allocate(params, x)
     with pytest.raises(ShapeError, match=r"Decoder/SelfAttention_1.*one position"):
         Decoder.call_with_state(params, cache, x[:, :2], decode=True)
+
+
+@pytest.mark.parametrize("kwargs,arg,value", [
+    ({"num_heads": 0}, "num_heads", "0"),
+    ({"num_heads": -2}, "num_heads", "-2"),
+    ({"num_heads": 2.5}, "num_heads", "2.5"),
+    ({"num_heads": True}, "num_heads", "True"),
+    ({"num_heads": 2, "qkv_features": 0}, "qkv_features", "0"),
+    ({"num_heads": 2, "out_features": -1}, "out_features", "-1"),
+    ({"num_heads": 2, "attention_axis": 5}, "attention_axis", "5"),
+    ({"num_heads": 2, "attention_axis": 2}, "attention_axis", "2"),
+    ({"num_heads": 2, "dropout_rate": 1.5}, "dropout_rate", "1.5"),
+    ({"num_heads": 3}, "qkv_features", "4"),
+])
+def test_bad_attention_arguments_name_path_argument_value_and_allowed(rng, kwargs, arg, value):
+    class Net(nn.Module):
+        def apply(self, x):
+            return nn.SelfAttention(x, **kwargs)
+
+    with pytest.raises(LayerArgumentError) as info:
+        Net.init(rng, jnp.ones((2, 3, 4)))
+    msg = str(info.value)
+    assert "Net/SelfAttention_0" in msg and arg in msg and f"got {value}" in msg
+    assert "expected" in msg
+
+
+def test_self_attention_needs_num_heads(rng):
+    with pytest.raises(LayerArgumentError, match=r"num_heads.*positive int.*missing"):
+        nn.SelfAttention.init(rng, jnp.ones((2, 3, 4)))
+
+
+def test_feature_mismatch_blames_the_stored_kernel(rng):
+    _, params = nn.SelfAttention.init(rng, jnp.ones((2, 3, 8)), num_heads=8)
+    with pytest.raises(ShapeError) as info:
+        nn.SelfAttention.call(params, jnp.ones((2, 3, 9)), num_heads=8)
+    msg = str(info.value)
+    assert "SelfAttention" in msg and "stored query/kernel of shape (8, 8, 1)" in msg
+    assert "inputs_q with 8 features" in msg and "(2, 3, 9)" in msg
+    assert "qkv_features" not in msg
+    with pytest.raises(ShapeError, match=r"num_heads=8, got num_heads=4"):
+        nn.SelfAttention.call(params, jnp.ones((2, 3, 8)), num_heads=4)
+
+
+def test_decode_true_past_the_end(rng):
+    from flaxen.errors import CacheError
+
+    x = _randn(2, 2, 3, seed=7)
+    _, params = _init_decoder(rng, x)
+    _, cache = _allocate(params, jnp.zeros_like(x))
+    for t in range(2):
+        _, cache = Decoder.call_with_state(params, cache, x[:, t:t + 1], decode=True)
+    with pytest.raises(CacheError, match=r"Decoder/SelfAttention_1.*at most 2 steps.*step 3"):
+        Decoder.call_with_state(params, cache, x[:, :1], decode=True)
+    y, _ = _step(params, cache, x[:, :1])  # under jit: NaN, not an overwritten slot
+    assert bool(jnp.all(jnp.isnan(y)))

@@ -145,3 +145,21 @@ def test_stochastic_opened_outside_jit_gives_a_clear_error(rng):
 def test_mutable_collection_refuses_to_be_traced():
     with nn.Collection().mutate() as c, pytest.raises(errors.FlaxenError, match="mutable"):
         jax.tree.leaves(c)
+
+
+def test_missing_rng_names_the_module_that_asked_not_the_root(rng):
+    class Block(nn.Module):
+        def apply(self, x):
+            return nn.dropout(Affine(x, 3), 0.5)
+
+    class Net(nn.Module):
+        def apply(self, x):
+            return Block(Affine(x, 3), name="block")
+
+    _, params = Net.init(rng, X)
+    with pytest.raises(errors.MissingRngError) as info:
+        Net.call(params, X)
+    msg = str(info.value)
+    assert 'Module "Net/block" (class Block) asked for a random key' in msg
+    assert "call_with_state(state, x, _rng=key)" in msg and "model(x, _rng=key)" in msg
+    assert "nn.stochastic(key)" in msg and "deterministic=True" in msg
