@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -33,6 +34,20 @@ def save_png(path, image):
         f.write(encode_png((onp.clip(image, 0.0, 1.0) * 255).round().astype(onp.uint8)))
 
 
+@jax.jit
+def reconstruct(model, x):
+    """Pixel probabilities ``(B, 784)`` decoded from the posterior means of ``x``."""
+    mean, _ = model.encode(x)
+    return nn.sigmoid(model.decode(mean))
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def sample(model, key, num_samples):
+    """``num_samples`` images ``(N, 28, 28)`` for ``z ~ N(0, I)``, via ``model.generate``."""
+    latents = model.params['encoder']['mean']['bias'].shape[0]
+    return model.generate(jax.random.normal(key, (num_samples, latents), jnp.float32))
+
+
 def write_pictures(model, test_ds, key, out, per_class=2, num_samples=64):
     """Writes ``reconstructions.png`` and ``samples.png`` into ``out``.
 
@@ -48,17 +63,14 @@ def write_pictures(model, test_ds, key, out, per_class=2, num_samples=64):
     picks = [i for k in range(10) for i in onp.flatnonzero(labels == k)[:per_class]]
     picks = onp.array(picks).reshape((10, -1)).T.reshape(-1)  # rows of one image per class
     x = jnp.asarray(test_ds['image'][picks], jnp.float32)
-    mean, _ = model.encode(x)
-    recon = nn.sigmoid(model.decode(mean))
+    recon = reconstruct(model, x)
     columns = 10
     rows = []
     for r in range(0, len(picks), columns):
         rows += [onp.asarray(x[r:r + columns]), onp.asarray(recon[r:r + columns])]
     recon_grid = grid(onp.concatenate(rows).reshape((-1, 28, 28)), columns)
 
-    latents = mean.shape[-1]
-    z = jax.random.normal(key, (num_samples, latents), jnp.float32)
-    sample_grid = grid(model.generate(z), int(onp.sqrt(num_samples)))
+    sample_grid = grid(sample(model, key, num_samples), int(onp.sqrt(num_samples)))
     save_png(os.path.join(out, 'reconstructions.png'), recon_grid)
     save_png(os.path.join(out, 'samples.png'), sample_grid)
     return {'reconstructions': recon_grid, 'samples': sample_grid}

@@ -78,14 +78,11 @@ class ConfigError(FlaxenError):
 # -- Model, loss, steps ---------------------------------------------------------------------
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))  # one compiled program, cached per size
 def create_model(key, latents=20, hidden=500):
-    """A freshly initialised ``Model`` of ``models.VAE`` (one jitted program)."""
+    """A freshly initialised ``Model`` of ``models.VAE``."""
     module = models.VAE.partial(latents=latents, hidden=hidden)
-
-    @jax.jit
-    def init(key):
-        return module.create_by_shape(key, [((1, models.NUM_PIXELS), jnp.float32)])[1]
-    return init(key)
+    return module.create_by_shape(key, [((1, models.NUM_PIXELS), jnp.float32)])[1]
 
 
 def create_optimizer(model, learning_rate):

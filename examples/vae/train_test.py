@@ -56,6 +56,11 @@ def np_hidden(p, x):
     return h
 
 
+def call(method, model, *args):
+    """``model.<method>(*args)`` under jit (one compile instead of many eager ops)."""
+    return jax.jit(lambda m, *a: getattr(m, method)(*a))(model, *args)
+
+
 def np_sigmoid(v):
     return 1 / (1 + np.exp(-v))
 
@@ -70,7 +75,7 @@ def test_model_methods_match_numpy():
     _, test_ds = small_datasets(n_test=8)
     x = test_ds["image"].astype(np.float32)
     h = np_hidden(p["encoder"], x)
-    mean, logvar = model.encode(x)
+    mean, logvar = call("encode", model, x)
     np.testing.assert_allclose(mean, h @ p["encoder"]["mean"]["kernel"] + p["encoder"]["mean"]
                                ["bias"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(logvar, h @ p["encoder"]["logvar"]["kernel"]
@@ -78,8 +83,8 @@ def test_model_methods_match_numpy():
     z = np.random.default_rng(0).normal(size=(8, 5)).astype(np.float32)
     logits = np_hidden(p["decoder"], z) @ p["decoder"]["logits"]["kernel"] + p["decoder"]["logits"][
         "bias"]
-    np.testing.assert_allclose(model.decode(z), logits, rtol=1e-4, atol=1e-4)
-    images = model.generate(z)
+    np.testing.assert_allclose(call("decode", model, z), logits, rtol=1e-4, atol=1e-4)
+    images = call("generate", model, z)
     assert images.shape == (8, 28, 28)
     np.testing.assert_allclose(images, np_sigmoid(logits).reshape((8, 28, 28)), atol=1e-5)
 
@@ -89,12 +94,12 @@ def test_negative_elbo_and_iwae_match_numpy():
     _, test_ds = small_datasets(n_test=6)
     x = test_ds["image"].astype(np.float32)
     key = jax.random.PRNGKey(7)
-    loss, rec, kl = train.negative_elbo(model, x, key)
+    loss, rec, kl = jax.jit(train.negative_elbo)(model, x, key)
     # The model draws its noise with nn.make_rng(): the first key of the scope is fold_in(key, 1).
     eps = np.asarray(jax.random.normal(jax.random.fold_in(key, 1), (6, 4)), np.float64)
-    mean, logvar = (np.asarray(a, np.float64) for a in model.encode(x))
+    mean, logvar = (np.asarray(a, np.float64) for a in call("encode", model, x))
     z = mean + np.exp(0.5 * logvar) * eps
-    probs = np_sigmoid(np.asarray(model.decode(z.astype(np.float32)), np.float64))
+    probs = np_sigmoid(np.asarray(call("decode", model, z.astype(np.float32)), np.float64))
     ref_rec = -np.sum(np.log(np.where(x == 1, probs, 1 - probs)), -1)
     np.testing.assert_allclose(rec, ref_rec, rtol=1e-4)
     # KL(q || N(0, I)) against a Monte Carlo estimate E_q[log q(z) - log p(z)].
@@ -109,7 +114,7 @@ def test_negative_elbo_and_iwae_match_numpy():
     total = train.iwae_step(model, batch, key, k)
     eps = np.asarray(jax.random.normal(key, (k, 6, 4)), np.float64)
     z = mean + np.exp(0.5 * logvar) * eps
-    probs = np_sigmoid(np.asarray(model.decode(z.reshape(-1, 4).astype(np.float32)),
+    probs = np_sigmoid(np.asarray(call("decode", model, z.reshape(-1, 4).astype(np.float32)),
                                   np.float64)).reshape(k, 6, -1)
     log_px_z = np.sum(np.log(np.where(x == 1, probs, 1 - probs)), -1)
     log_pz = np.sum(-0.5 * (z**2 + np.log(2 * np.pi)), -1)
@@ -160,7 +165,7 @@ def test_resume_is_bit_exact_and_writes_everything(tmp_path):
     # The trained model, back from its checkpoint, samples through its module_method.
     model = train.load_model(str(out))
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(model.params), params_of(resumed))
-    assert model.generate(np.zeros((3, 20), np.float32)).shape == (3, 28, 28)
+    assert call("generate", model, np.zeros((3, 20), np.float32)).shape == (3, 28, 28)
     with pytest.raises(train.ConfigError, match=r"--learning_rate=0.001 -> 0.002"):
         train.train(train_ds, test_ds, config(out, num_epochs=3, resume=True,
                                               learning_rate=2e-3))
@@ -187,13 +192,13 @@ def test_plain_jax_baseline_is_the_same_model_and_loss():
     p = model.params
     mapped = {f"{a}_{b}": {"w": p[part][b]["kernel"], "b": p[part][b]["bias"]}
               for part, a in (("encoder", "enc"), ("decoder", "dec")) for b in p[part]}
-    ref = baseline.init_params(jax.random.PRNGKey(3))
+    ref = jax.jit(baseline.init_params)(jax.random.PRNGKey(3))
     jax.tree.map(lambda a, b: np.testing.assert_equal(a.shape, b.shape), mapped, ref)
     _, test_ds = small_datasets(n_test=16)
     x = test_ds["image"].astype(np.float32)
     key = jax.random.PRNGKey(5)
-    np.testing.assert_allclose(baseline.neg_elbo(mapped, x, jax.random.fold_in(key, 1)),
-                               train.negative_elbo(model, x, key)[0], rtol=1e-5)
+    np.testing.assert_allclose(jax.jit(baseline.neg_elbo)(mapped, x, jax.random.fold_in(key, 1)),
+                               jax.jit(train.negative_elbo)(model, x, key)[0], rtol=1e-5)
 
 
 def write_idx_folder(folder, n_train=512, n_test=128):
