@@ -76,7 +76,7 @@ def read_idx(path: Path) -> np.ndarray:
 def candidate_dirs(dataset: str, data_dir: str | None) -> list[Path]:
     """Where to look for ``dataset``, first match wins (see the module docstring)."""
     if data_dir:
-        return [Path(data_dir)]
+        return [Path(data_dir).expanduser()]
     dirs = []
     if os.environ.get("FLAXEN_DATA"):
         dirs.append(Path(os.environ["FLAXEN_DATA"]) / FOLDER_NAMES[dataset])
