@@ -1,0 +1,1 @@
+"""The VAE example (see README.md)."""
