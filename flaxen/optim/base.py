@@ -401,19 +401,61 @@ class Optimizer:
 
         return serialization.from_state_dict(self, state)
 
-    def replicate(self, mesh: Any = None) -> Optimizer:
-        """This optimizer with every array replicated on all devices of ``mesh``.
+    def replicate(self, mesh: Any = None, *, devices: Any = None,
+                  axis_name: str | None = None) -> Optimizer:
+        """This optimizer on every device, for one of the two data-parallel paths.
 
-        ``mesh`` defaults to ``flaxen.parallel.default_mesh()`` (all devices, axis
-        ``'batch'``). A jitted step on a batch from ``parallel.shard_batch`` then trains
-        data-parallel; see ``docs/optim.md``.
+        * ``replicate()`` / ``replicate(mesh)``: the flaxen path (``jax.jit`` over a
+          ``Mesh``): every array replicated with ``NamedSharding(mesh, P())``; ``mesh``
+          defaults to ``flaxen.parallel.default_mesh()``.
+        * ``replicate(devices=...)`` and/or ``replicate(axis_name='batch')`` (or a list of
+          devices as the first argument): the pre-release pmap form. One copy per device
+          stacked on a leading axis (``jax_utils.replicate``), and ``apply_gradient``
+          averages the gradients over ``axis_name`` itself, so it must run inside
+          ``jax.pmap(..., axis_name=axis_name)``. ``devices`` defaults to
+          ``jax.local_devices()``.
+
+        See ``docs/parallelism.md``.
+
+        Raises:
+            ReplicationError: the optimizer is already replicated for pmap.
         """
-        from flaxen import parallel
+        from flaxen import jax_utils, parallel
+        from flaxen.optim.replicated import ReplicatedOptimizer
 
-        return parallel.replicate(self, mesh)
+        if isinstance(mesh, list | tuple):  # the pre-release positional `devices`
+            mesh, devices = None, mesh
+        if isinstance(self.optimizer_def, ReplicatedOptimizer) or any(
+                jax_utils.is_stacked(x) for x in jax.tree.leaves(self)):
+            raise errors.ReplicationError(
+                "Optimizer.replicate: expected an optimizer with one copy, got one that is "
+                "already replicated for pmap (a leading device axis). Replicate once, or "
+                "call `optimizer.unreplicate()` first.")
+        if devices is None and axis_name is None:
+            return parallel.replicate(self, mesh)
+        if mesh is not None:
+            raise errors.ReplicationError(
+                "Optimizer.replicate: expected either a Mesh (jit path) or `devices=`/"
+                "`axis_name=` (pmap path), got both. Pass one of them.")
+        wrapped = ReplicatedOptimizer(self.optimizer_def, devices, axis_name or "batch")
+        return jax_utils.replicate(Optimizer(wrapped, self.state, self.target), devices)
 
     def unreplicate(self) -> Optimizer:
-        """One copy of a replicated optimizer, on a single device."""
-        from flaxen import parallel
+        """One copy of a replicated optimizer, on a single device.
 
+        Works for all three replicated forms: ``replicate(devices=...)`` (the wrapping
+        ``ReplicatedOptimizer`` is removed), ``jax_utils.replicate(optimizer)`` and
+        pmap outputs (device 0's copy, ``x[0]``), and ``replicate(mesh)`` (the first
+        local copy). An optimizer that is not replicated comes back unchanged.
+        """
+        from flaxen import jax_utils, parallel
+        from flaxen.optim.replicated import ReplicatedOptimizer
+
+        opt_def = self.optimizer_def
+        if isinstance(opt_def, ReplicatedOptimizer) or any(
+                jax_utils.is_stacked(x) for x in jax.tree.leaves(self)):
+            one = jax_utils.unreplicate(self)
+            if isinstance(opt_def, ReplicatedOptimizer):
+                one = Optimizer(opt_def.optimizer_def, one.state, one.target)
+            return one
         return parallel.unreplicate(self)
