@@ -36,6 +36,7 @@ from flaxen.errors import (
 from flaxen.nn import collection as _coll
 from flaxen.nn import stochastic as _stoch
 from flaxen.nn._context import current_frame, pushed, stacks
+from flaxen.nn._layer_util import call_init
 
 Params = dict[str, Any]
 InitFn = Callable[[jax.Array, Any], Any]  # (key, shape) -> value
@@ -199,7 +200,8 @@ class Module:
           name: the key in this module's params dict (``kernel``, ``bias``, ...).
           shape: the expected shape, checked against the stored value; None for a
             parameter that is an arbitrary pytree.
-          initializer: ``initializer(key, shape) -> array``, called only at init.
+          initializer: ``initializer(key, shape, dtype) -> array`` (dtype float32), called
+            only at init; a two-argument ``initializer(key, shape)`` works too.
 
         Raises:
           ParamShapeError: the stored parameter has another shape.
@@ -210,7 +212,7 @@ class Module:
         frame.claim(name, "parameter")
         path = frame.label(name)
         if frame.is_init and name not in frame.params:
-            value = initializer(fold_in_str(frame.rng, name), shape)
+            value = call_init(initializer, fold_in_str(frame.rng, name), shape)
             frame.params[name] = value
         elif name in frame.params:
             value = frame.params[name]
@@ -242,7 +244,7 @@ class Module:
         handle = _coll.ModuleState(collection, name)
         if initializer is not None and not handle.exists():
             key = self._state_key(name)
-            handle.value = initializer(key, shape)
+            handle.value = call_init(initializer, key, shape)
         return handle
 
     def _state_key(self, name: str) -> jax.Array:

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from flaxen.errors import LayerArgumentError, MissingStateError, ShapeError
+from flaxen.errors import LayerArgumentError, ShapeError, StateEntryMissingError
 from flaxen.nn import initializers
 from flaxen.nn._layer_util import InitFn, as_tuple, param_for_input, where, with_dtype
 from flaxen.nn.base import Module
@@ -101,8 +101,9 @@ class BatchNorm(Module):
             ra_mean = self.state("mean", collection=batch_stats)
             ra_var = self.state("var", collection=batch_stats)
             if not (ra_mean.exists() and ra_var.exists()):
-                raise MissingStateError(path, "its running statistics (\"mean\", \"var\") "
-                                        "in the state collection, which has none for it")
+                raise StateEntryMissingError(
+                    path, 'its running statistics ("mean", "var") for evaluation '
+                    "(use_running_average=True)", list(ra_mean.collection.as_dict()))
         else:
             ra_mean = self.state("mean", feat_shape, initializers.zeros, collection=batch_stats)
             ra_var = self.state("var", feat_shape, initializers.ones, collection=batch_stats)
