@@ -218,7 +218,8 @@ def partial_eval_by_shape(fn: Callable[..., Any], input_spec: Iterable[Any], *ar
 
 def prefetch_to_device(iterator: Iterable[Any], size: int,
                        mesh: Mesh | Sequence[jax.Device] | None = None,
-                       axis_name: str = "batch") -> Iterator[Any]:
+                       axis_name: str = "batch", *,
+                       devices: Sequence[jax.Device] | None = None) -> Iterator[Any]:
     """Yields the batches of ``iterator`` already split across devices, ``size`` ahead.
 
     Each batch (a pytree of ``[global_batch, ...]`` host arrays) is placed with
@@ -231,6 +232,7 @@ def prefetch_to_device(iterator: Iterable[Any], size: int,
       size: how many placed batches to keep queued (>= 0; 2 is usually enough).
       mesh: the mesh (or a list of devices); defaults to one axis over all devices.
       axis_name: the mesh axis that carries the batch.
+      devices: the pre-release keyword: a list of devices (instead of ``mesh``).
 
     Yields:
       The batches, in order, as sharded ``jax.Array`` pytrees.
@@ -239,7 +241,7 @@ def prefetch_to_device(iterator: Iterable[Any], size: int,
 
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise FlaxenError(f"prefetch_to_device: size must be an int >= 0, got {size!r}.")
-    mesh = _as_mesh(mesh, axis_name)
+    mesh = _as_mesh(mesh if devices is None else list(devices), axis_name)
     queue: collections.deque[Any] = collections.deque()
     source = iter(iterator)
 

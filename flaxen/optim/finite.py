@@ -6,11 +6,12 @@
 
 * On concrete values (outside ``jit``) it raises directly.
 * Under ``jax.jit`` / ``jax.pmap`` it computes one ``isfinite`` reduction per leaf on the
-  device and hands the flags to the host with ``jax.debug.callback``, which raises there;
-  JAX reports that as a ``JaxRuntimeError`` whose message contains the flaxen message.
+  device; only when one is false does a ``lax.cond`` branch hand the flags to the host
+  with ``jax.debug.callback``, which raises there. JAX reports that as a
+  ``JaxRuntimeError`` whose message contains the flaxen message.
 
-Cost: one extra read of every gradient (an ``all(isfinite(g))`` per leaf) and one host
-callback per step; measured in ``benchmarks/finite_check.py`` (see docs/optim.md).
+Cost: one extra read of every gradient (an ``all(isfinite(g))`` per leaf) and a
+conditional per step; measured in ``benchmarks/finite_check.py`` (see docs/optim.md).
 """
 
 from __future__ import annotations
@@ -54,7 +55,12 @@ def check_finite(grads: Any, loss: Any = None) -> Any:
         return grads
     flags = jnp.stack([jnp.all(jnp.isfinite(jnp.asarray(x))) for x in leaves])
     if isinstance(flags, jax.core.Tracer):
-        jax.debug.callback(_raise_first, tuple(names), flags)
+        # Call back to the host only on a bad step: a host callback every step would
+        # dominate a small model's step time.
+        def report(f: Any) -> None:
+            jax.debug.callback(_raise_first, tuple(names), f)
+
+        jax.lax.cond(jnp.all(flags), lambda f: None, report, flags)
     else:
         _raise_first(tuple(names), flags)
     return grads

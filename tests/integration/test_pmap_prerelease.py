@@ -186,3 +186,15 @@ def test_optimizer_replicate_both_paths():
             axis_name="b").optimizer_def.apply_gradient(None, {}, opt.state, {"w": 1.0})
     stacked = jax_utils.replicate(opt)  # the May-2020 spelling
     np.testing.assert_array_equal(stacked.unreplicate().target["w"], [1.0, 1.0])
+
+
+def test_prefetch_to_device_feeds_pmap_with_the_pre_release_keyword():
+    n = jax.local_device_count()
+    batches = [common_utils.shard({"x": np.full((2 * n, 3), i, np.float32)}) for i in range(3)]
+    f = jax.pmap(lambda b: jnp.sum(b["x"]))
+    got = []
+    for batch in jax_utils.prefetch_to_device(iter(batches), 2, devices=jax.local_devices()):
+        assert jax_utils.is_stacked(batch["x"])
+        with jax.transfer_guard("disallow"):
+            got.append(jax_utils.unreplicate(f(batch)))
+    np.testing.assert_allclose(got, [0.0, 6.0, 12.0])
