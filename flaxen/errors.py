@@ -271,8 +271,9 @@ class NonFiniteError(FlaxenError):
         super().__init__(
             f"Training stopped: {where} is not finite (NaN or inf). Common causes: a "
             "learning rate that is too high, log/sqrt/division of 0, or bad input data. "
-            "Lower the learning rate, clip gradients (`optim.Optax(optax.clip_by_global_norm"
-            "(1.0))` chained before the update), or use `optim.DynamicScale` with float16."
+            "Lower the learning rate, clip gradients (e.g. `optim.Optax(optax.chain("
+            "optax.clip_by_global_norm(1.0), optax.adam(1e-3)))`), or use "
+            "`optim.DynamicScale` with float16."
         )
 
 

@@ -4,9 +4,9 @@ The pre-release module also had private trace helpers (``_masters``, ``_current_
 ``_trace_level``, ``_level_of_value``) that read ``jax.core.trace_state``, a JAX internal
 that no longer exists (and that Flax itself stubbed out in June 2020, after omnistaging).
 They are **not provided**: flaxen uses no private JAX API. The checks they powered
-("created outside of the current Jax transformation") are done in flaxen by comparing
-the public ``jax.core.Tracer`` values with the trace recorded when a scope opened (see
-``nn._context.trace_state``).
+("created outside of the current Jax transformation") are done in flaxen with the public
+``jax.extend.core.get_opaque_trace_state``, recorded when a scope opens and compared when
+a traced value is stored (see ``nn._context.trace_state``).
 """
 
 from __future__ import annotations
