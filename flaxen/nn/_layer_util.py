@@ -100,6 +100,19 @@ def param_for_input(module: Any, name: str, shape: Sequence[int], init: InitFn,
             "input shape or re-initialise the parameters.") from e
 
 
+def check_number(path: str, name: str, value: Any, low: float, high: float,
+                 allowed: str) -> None:
+    """Raises LayerArgumentError if ``value`` is a concrete number outside ``[low, high]``
+    or not a number at all; traced values are left alone (they cannot be checked)."""
+    if isinstance(value, jax.core.Tracer):
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number | np.ndarray
+                                                 | jax.Array) or np.ndim(value) != 0:
+        raise LayerArgumentError(path, name, allowed, repr(value))
+    if not low <= float(value) <= high:
+        raise LayerArgumentError(path, name, allowed, repr(value))
+
+
 def check_rank(path: str, x: Any, allowed: Sequence[int], what: str = "input rank") -> None:
     """Raises ShapeError if ``x.ndim`` is not one of ``allowed``."""
     if x.ndim not in allowed:

@@ -226,3 +226,23 @@ def test_batchnorm_empty_collection_message():
     msg = str(e.value)
     assert "no state collection is active" not in msg
     assert '"BN/BatchNorm_0"' in msg and "it is empty" in msg and "init_with_state" in msg
+
+
+@pytest.mark.parametrize("kw, name", [({"axis": 5}, "axis"), ({"momentum": 2.0}, "momentum"),
+                                      ({"epsilon": -1.0}, "epsilon")])
+def test_batchnorm_arguments(kw, name):
+    with pytest.raises(errors.LayerArgumentError, match=f'"BatchNorm": {name}: expected'):
+        nn.BatchNorm.init_with_state(KEY, jnp.ones((2, 4)), **kw)
+
+
+@pytest.mark.parametrize("layer", [nn.LayerNorm, nn.RMSNorm])
+def test_norm_epsilon(layer):
+    with pytest.raises(errors.LayerArgumentError, match="epsilon: expected a number >= 0"):
+        layer.init(KEY, jnp.ones((2, 4)), epsilon=-1.0)
+
+
+@pytest.mark.parametrize("window, strides", [((0, 2), None), ((2, 2), (0, 1)),
+                                             ((2.5, 2), None)])
+def test_pooling_arguments(window, strides):
+    with pytest.raises(errors.LayerArgumentError, match="window_shape|strides"):
+        nn.max_pool(jnp.ones((1, 4, 4, 2)), window, strides=strides)
