@@ -29,9 +29,6 @@ from jax.sharding import PartitionSpec as P
 
 from flaxen.errors import FlaxenError, ReplicationError
 
-__all__ = ["ReplicationError", "is_stacked", "partial_eval_by_shape", "pmean", "prefetch_to_device",
-           "replicate", "unreplicate"]
-
 _DEVICE_AXIS = "devices"
 
 

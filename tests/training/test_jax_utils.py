@@ -76,3 +76,20 @@ def test_prefetch_to_device_order_and_sharding():
     assert len(list(jax_utils.prefetch_to_device(iter(batches), 0))) == 5
     with pytest.raises(FlaxenError, match="size"):
         next(jax_utils.prefetch_to_device(iter(batches), -1))
+
+
+def test_partial_eval_by_shape_of_module_init_gives_real_params():
+    from flaxen import nn
+
+    class Net(nn.Module):
+        def apply(self, x):
+            x = nn.Conv(x, 4, (3, 3))
+            return nn.Dense(x.reshape((x.shape[0], -1)), 3)
+
+    init = lambda x: Net.init(jax.random.PRNGKey(0), x)  # noqa: E731
+    out, params = jax_utils.partial_eval_by_shape(init, [((2, 5, 5, 1), jnp.float32)])
+    assert out == jax.ShapeDtypeStruct((2, 3), jnp.float32)
+    _, want = Net.init(jax.random.PRNGKey(0), jnp.ones((2, 5, 5, 1)))
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
+        assert isinstance(a, jax.Array)
+        np.testing.assert_allclose(a, b, rtol=1e-6)
