@@ -104,6 +104,25 @@ class MissingStateError(FlaxenError):
         )
 
 
+class StateEntryMissingError(MissingStateError):
+    """A state collection is active, but it has no entry for this module."""
+
+    def __init__(self, path: str, what: str, have: list[str]):
+        FlaxenError.__init__(
+            self,
+            f'Module "{path}" needs {what} from the state collection, but the collection '
+            f"has no entry for it (its entries: {sorted(have) or 'none, it is empty'}). "
+            "Pass the state made by `init_with_state` (or returned by the training step), "
+            "not an empty `nn.Collection()`; a module path that differs from the one at init "
+            "(another `name=`) gives this error too.",
+        )
+
+
+class CollectionScopeError(FlaxenError):
+    """``Collection.store`` from the wrong place (outside a module, the anchor itself,
+    outside the collection's scope, or two unnamed top-level modules)."""
+
+
 class ImmutableStateError(FlaxenError):
     """State was written to a collection that is not mutable."""
 
@@ -233,6 +252,32 @@ class GradientStructureError(FlaxenError):
             "`jax.grad(loss_fn)(optimizer.target)`, so they mirror the target exactly."
         ))
         super().__init__(msg)
+
+
+class ParamDtypeError(FlaxenError):
+    """An optimizer was asked to update a parameter that is not floating."""
+
+    def __init__(self, optimizer: str, path: str, dtype: object):
+        super().__init__(
+            f'{optimizer}: the parameter "{path}" has dtype {dtype}; expected a floating (or '
+            "complex) parameter, since an update would round an integer one (small steps "
+            "to 0). Cast it, e.g. `jax.tree.map(lambda x: x.astype(jnp.float32), params)`, "
+            "or leave it out of what is optimized (keep it outside the params, or optimize "
+            "the rest with `create(target, focus=...)`)."
+        )
+
+
+class NonFiniteError(FlaxenError):
+    """``optim.check_finite`` found a NaN or infinity in the loss or a gradient."""
+
+    def __init__(self, where: str):
+        super().__init__(
+            f"Training stopped: {where} is not finite (NaN or inf). Common causes: a "
+            "learning rate that is too high, log/sqrt/division of 0, or bad input data. "
+            "Lower the learning rate, clip gradients (e.g. `optim.Optax(optax.chain("
+            "optax.clip_by_global_norm(1.0), optax.adam(1e-3)))`), or use "
+            "`optim.DynamicScale` with float16."
+        )
 
 
 class BatchShardingError(FlaxenError):

@@ -1,8 +1,17 @@
-"""Device placement helpers with the pre-release names, built on ``flaxen.parallel``.
+"""The pre-release ``jax_utils``: per-device copies for ``jax.pmap``, and device prefetch.
 
-``replicate`` / ``unreplicate`` place a pytree on every device of a mesh
-(``NamedSharding(mesh, P())``) and bring one copy back; ``prefetch_to_device`` puts the
-next batches on the devices, split along the batch axis, while the current step runs.
+Two ways to run data-parallel exist in flaxen (see ``docs/parallelism.md``):
+
+* **pmap (the pre-release way, kept so old programs run unchanged).** ``replicate(tree)``
+  stacks one copy per local device on a new leading axis, laid out exactly as ``jax.pmap``
+  takes its inputs (so pmap maps over it without a copy); ``unreplicate(tree)`` returns
+  device 0's copy (``x[0]``) of a replicated tree or of a pmap output.
+* **jit over a Mesh (what flaxen teaches).** ``flaxen.parallel.replicate`` /
+  ``unreplicate`` / ``shard_batch``; no leading device axis, no ``pmean``.
+
+``prefetch_to_device`` serves both: each batch is split along its leading axis over the
+devices, so a ``[n_devices, per_device, ...]`` batch from ``common_utils.shard`` arrives in
+the pmap layout and a ``[global_batch, ...]`` batch arrives sharded for jit.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import importlib
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -17,9 +27,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from flaxen.errors import FlaxenError, ScanAxisError
+from flaxen.errors import FlaxenError, ReplicationError, ScanAxisError
+
+_DEVICE_AXIS = "devices"
 
 
 def _as_mesh(mesh: Any, axis_name: str = "batch") -> Mesh | None:
@@ -35,27 +48,178 @@ def _as_mesh(mesh: Any, axis_name: str = "batch") -> Mesh | None:
         "('batch',))`.")
 
 
-def replicate(tree: Any, mesh: Mesh | Sequence[jax.Device] | None = None) -> Any:
-    """Every array of ``tree`` replicated on all devices of ``mesh`` (default: all devices).
+def is_stacked(x: Any) -> bool:
+    """Whether ``x`` is laid out as pmap lays out a mapped value: row ``i`` of axis 0 on
+    device ``i`` of a one-axis mesh (what ``replicate`` and ``jax.pmap`` outputs give)."""
+    if not isinstance(x, jax.Array) or x.ndim == 0:
+        return False
+    sharding = x.sharding
+    if not isinstance(sharding, NamedSharding) or len(sharding.mesh.axis_names) != 1:
+        return False
+    axis = sharding.mesh.axis_names[0]
+    spec = tuple(sharding.spec) + (None,) * x.ndim
+    return (spec[0] == axis and all(s is None for s in spec[1:x.ndim])
+            and x.shape[0] == sharding.mesh.size)
 
-    ``mesh`` may also be a list of devices, as the pre-release ``devices`` argument. See
-    ``flaxen.parallel.replicate``.
+
+def _where(path: Any) -> str:
+    return jax.tree_util.keystr(path) or "<root>"
+
+
+def replicate(tree: Any, devices: Sequence[jax.Device] | None = None) -> Any:
+    """One copy of ``tree`` per device, stacked on a new leading axis, for ``jax.pmap``.
+
+    Every leaf ``x`` becomes an array of shape ``[len(devices), *x.shape]`` whose row ``i``
+    lives on ``devices[i]`` (a ``NamedSharding`` over a one-axis mesh: the layout
+    ``jax.pmap`` takes without copying). Python numbers become arrays, as in the
+    pre-release.
+
+    Args:
+      tree: any pytree of arrays and numbers: an ``Optimizer``, an ``nn.Model``, a state
+        ``Collection``, a train-state dataclass.
+      devices: the devices, in pmap's order; default ``jax.local_devices()``.
+
+    Returns:
+      The replicated pytree (same structure).
+
+    Raises:
+      ReplicationError: a leaf is already replicated (replicating twice), or is not an
+        array or number.
     """
-    from flaxen import parallel
+    devices = list(jax.local_devices() if devices is None else devices)
+    if not devices or not all(isinstance(d, jax.Device) for d in devices):
+        raise ReplicationError(
+            f"jax_utils.replicate: expected `devices` to be a non-empty list of jax devices "
+            f"(default jax.local_devices()), got {devices!r}. For jit over a Mesh use "
+            "`flaxen.parallel.replicate(tree, mesh)` instead.")
+    sharding = NamedSharding(Mesh(np.array(devices), (_DEVICE_AXIS,)), P(_DEVICE_AXIS))
 
-    return parallel.replicate(tree, _as_mesh(mesh))
+    def one(path: Any, x: Any) -> jax.Array:
+        if is_stacked(x):
+            raise ReplicationError(
+                f'jax_utils.replicate: the leaf at "{_where(path)}" is already replicated '
+                f"(shape {x.shape}, one row per device). Expected a tree with one copy, got "
+                "a replicated one: replicate once, or `jax_utils.unreplicate(tree)` first.")
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            raise ReplicationError(
+                f'jax_utils.replicate: the leaf at "{_where(path)}" is sharded across '
+                "processes; expected one full copy. Gather it first (e.g. "
+                "`jax.experimental.multihost_utils.process_allgather`).")
+        try:
+            value = x if isinstance(x, jax.Array) else jnp.asarray(x)
+        except (TypeError, ValueError) as e:
+            raise ReplicationError(
+                f'jax_utils.replicate: the leaf at "{_where(path)}" is a '
+                f"{type(x).__name__}; expected an array or a number. Keep non-array values "
+                "out of the tree (e.g. `struct.field(pytree_node=False)`).") from e
+        row = value[None]
+        shards = [jax.device_put(row, d) for d in devices]
+        return jax.make_array_from_single_device_arrays(
+            (len(devices),) + value.shape, sharding, shards)
+
+    return jax.tree_util.tree_map_with_path(one, tree)
 
 
 def unreplicate(tree: Any) -> Any:
-    """One copy of every array of ``tree`` on a single device; see ``parallel.unreplicate``."""
-    from flaxen import parallel
+    """Device 0's copy of a replicated tree or of a ``jax.pmap`` output (``x[0]``).
 
-    return parallel.unreplicate(tree)
+    Raises:
+      ReplicationError: the tree is not replicated (no leading device axis), or is
+        replicated over a Mesh (use ``flaxen.parallel.unreplicate`` for that).
+    """
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    if not leaves:
+        return tree
+    if not any(is_stacked(x) for _, x in leaves):
+        raise ReplicationError(_not_replicated_message(leaves[0][0], leaves[0][1]))
+
+    def one(path: Any, x: Any) -> Any:
+        if not is_stacked(x):
+            raise ReplicationError(_not_replicated_message(path, x))
+        first = min(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+        return first.data.reshape(x.shape[1:])
+
+    return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def _not_replicated_message(path: Any, x: Any) -> str:
+    got = f"{type(x).__name__}"
+    if isinstance(x, jax.Array | np.ndarray):
+        got += f" of shape {tuple(x.shape)}"
+    if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1 and (
+            x.is_fully_replicated):
+        return (f'jax_utils.unreplicate: the leaf at "{_where(path)}" ({got}) is replicated '
+                "over a Mesh (jit data parallelism), not stacked per device for pmap. Use "
+                "`flaxen.parallel.unreplicate(tree)` (or `optimizer.unreplicate()`).")
+    return (f'jax_utils.unreplicate: expected a replicated tree (every leaf with a leading '
+            f'device axis, one row per device, as `jax_utils.replicate` or `jax.pmap` give), '
+            f'got {got} at "{_where(path)}". This tree is not replicated: use it as it is. '
+            "For host arrays with a device axis use `jax.tree.map(lambda x: x[0], tree)`.")
+
+
+def pmean(xs: Any, axis_name: Any) -> Any:
+    """Deprecated alias of ``jax.lax.pmean`` (warns, as the pre-release did)."""
+    warnings.warn("use jax.lax.pmean instead", DeprecationWarning, stacklevel=2)
+    return jax.lax.pmean(xs, axis_name)
+
+
+def _parse_spec(spec: Any) -> jax.ShapeDtypeStruct:
+    """``shape`` (float32) or ``(shape, dtype)``: a pair whose first item is iterable."""
+    if isinstance(spec, list | tuple) and len(spec) == 2 and isinstance(spec[0], Iterable):
+        return jax.ShapeDtypeStruct(tuple(spec[0]), jnp.dtype(spec[1]))
+    return jax.ShapeDtypeStruct(tuple(spec), jnp.float32)
+
+
+def _dependent_outputs(jaxpr: Any) -> list[bool]:
+    """For each output of ``jaxpr``: whether it may depend on an input (conservative)."""
+    tainted = {id(v) for v in jaxpr.invars}
+    for eqn in jaxpr.eqns:
+        if any(id(v) in tainted for v in eqn.invars):
+            tainted.update(id(v) for v in eqn.outvars)
+    return [id(v) in tainted for v in jaxpr.outvars]
+
+
+def partial_eval_by_shape(fn: Callable[..., Any], input_spec: Iterable[Any], *args: Any,
+                          **kwargs: Any) -> Any:
+    """Runs ``fn`` on abstract inputs: what does not depend on them comes back computed.
+
+    ``fn(*inputs, *args, **kwargs)`` is traced with inputs built from ``input_spec``;
+    outputs that depend on the input values come back as ``jax.ShapeDtypeStruct``, the
+    others (e.g. initialized parameters) as concrete arrays. Only the input-independent
+    part is compiled and run (the rest is removed as dead code), so no FLOPs are spent
+    on the inputs.
+
+    Args:
+      fn: the function.
+      input_spec: an iterable of shapes (float32) or ``(shape, dtype)`` pairs.
+      *args, **kwargs: further (concrete) arguments of ``fn``.
+
+    Returns:
+      ``fn``'s output pytree, mixing arrays and ``jax.ShapeDtypeStruct``s.
+    """
+    specs = [_parse_spec(s) for s in input_spec]
+
+    def flat(*inputs: Any) -> list[Any]:
+        return jax.tree.leaves(fn(*inputs, *args, **kwargs))
+
+    closed, out_shapes = jax.make_jaxpr(flat, return_shape=True)(*specs)
+    depends = _dependent_outputs(closed.jaxpr)
+    keep = [i for i, d in enumerate(depends) if not d]
+
+    def independent() -> list[Any]:
+        outs = flat(*[jnp.zeros(s.shape, s.dtype) for s in specs])
+        return [outs[i] for i in keep]
+
+    values = dict(zip(keep, jax.jit(independent)())) if keep else {}
+    treedef = jax.tree.structure(jax.eval_shape(lambda *xs: fn(*xs, *args, **kwargs), *specs))
+    leaves = [values.get(i, s) for i, s in enumerate(out_shapes)]
+    return jax.tree.unflatten(treedef, leaves)
 
 
 def prefetch_to_device(iterator: Iterable[Any], size: int,
                        mesh: Mesh | Sequence[jax.Device] | None = None,
-                       axis_name: str = "batch") -> Iterator[Any]:
+                       axis_name: str = "batch", *,
+                       devices: Sequence[jax.Device] | None = None) -> Iterator[Any]:
     """Yields the batches of ``iterator`` already split across devices, ``size`` ahead.
 
     Each batch (a pytree of ``[global_batch, ...]`` host arrays) is placed with
@@ -68,6 +232,7 @@ def prefetch_to_device(iterator: Iterable[Any], size: int,
       size: how many placed batches to keep queued (>= 0; 2 is usually enough).
       mesh: the mesh (or a list of devices); defaults to one axis over all devices.
       axis_name: the mesh axis that carries the batch.
+      devices: the pre-release keyword: a list of devices (instead of ``mesh``).
 
     Yields:
       The batches, in order, as sharded ``jax.Array`` pytrees.
@@ -76,7 +241,7 @@ def prefetch_to_device(iterator: Iterable[Any], size: int,
 
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise FlaxenError(f"prefetch_to_device: size must be an int >= 0, got {size!r}.")
-    mesh = _as_mesh(mesh, axis_name)
+    mesh = _as_mesh(mesh if devices is None else list(devices), axis_name)
     queue: collections.deque[Any] = collections.deque()
     source = iter(iterator)
 

@@ -1,6 +1,7 @@
 """flaxen.nn: the Module system and the common layers."""
 
 from flaxen.nn import initializers as initializers
+from flaxen.nn import utils as utils
 from flaxen.nn.activation import celu as celu
 from flaxen.nn.activation import elu as elu
 from flaxen.nn.activation import gelu as gelu

@@ -38,6 +38,7 @@ from flaxen.errors import (
 from flaxen.nn import collection as _coll
 from flaxen.nn import stochastic as _stoch
 from flaxen.nn._context import current_frame, pushed, stacks, trace_state
+from flaxen.nn._layer_util import call_init
 
 Params = dict[str, Any]
 InitFn = Callable[[jax.Array, Any], Any]  # (key, shape) -> value
@@ -237,7 +238,8 @@ class Module:
           name: the key in this module's params dict (``kernel``, ``bias``, ...).
           shape: the expected shape, checked against the stored value; None for a
             parameter that is an arbitrary pytree.
-          initializer: ``initializer(key, shape) -> array``, called only at init.
+          initializer: ``initializer(key, shape, dtype) -> array`` (dtype float32), called
+            only at init; a two-argument ``initializer(key, shape)`` works too.
 
         Raises:
           ParamShapeError: the stored parameter has another shape.
@@ -249,7 +251,7 @@ class Module:
         path = frame.label(name)
         if frame.is_init and name not in frame.params:
             value = _init_value(frame, path, frame.rng,
-                                lambda: initializer(fold_in_str(frame.rng, name), shape))
+                                lambda: call_init(initializer, fold_in_str(frame.rng, name), shape))
             frame.params[name] = value
         elif name in frame.params:
             value = frame.params[name]
@@ -283,7 +285,7 @@ class Module:
             base = self._state_base()
             handle.value = _init_value(
                 self._frame, self._frame.label(name), base,
-                lambda: initializer(self._state_key(base, name), shape))
+                lambda: call_init(initializer, self._state_key(base, name), shape))
         return handle
 
     def _state_base(self) -> jax.Array:

@@ -14,12 +14,20 @@ and the explicit path does the same without hidden context:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import types
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
 
-from flaxen.errors import FlaxenError, ImmutableStateError, MissingStateError, StateTraceError
+from flaxen.errors import (
+    CollectionScopeError,
+    FlaxenError,
+    ImmutableStateError,
+    MissingStateError,
+    StateEntryMissingError,
+    StateTraceError,
+)
 from flaxen.nn._context import current_frame, current_path, pushed, stacks, trace_state
 
 
@@ -35,6 +43,12 @@ class Collection:
         self._anchor = current_frame()
         self._mutable = False
         self._trace: Any = None
+        self._root: Any = None  # the top-level module frame that stored first (per mutate)
+
+    @property
+    def state(self) -> Mapping[str, Any]:
+        """The ``{path: value}`` dict, read-only (write through ``store`` in ``mutate()``)."""
+        return types.MappingProxyType(self._state)
 
     def as_dict(self) -> dict[str, Any]:
         """A shallow copy of the ``{path: value}`` dict."""
@@ -69,6 +83,7 @@ class Collection:
         clone._anchor = self._anchor
         clone._mutable = False
         clone._trace = None
+        clone._root = None
         return clone
 
     def _relative_path(self, frame: Any) -> str | None:
@@ -88,14 +103,17 @@ class Collection:
     def _frame_path(self, action: str) -> str:
         frame = current_frame()
         if frame is None:
-            raise FlaxenError(f"Collection.{action} should only be used inside a module's apply.")
+            raise CollectionScopeError(
+                f"Collection.{action} should only be used inside a module's apply function: "
+                "expected a running module, got none (top level). Consider using the value "
+                "directly instead of storing it in a Collection.")
         path = self._relative_path(frame)
         if path is None:
-            raise FlaxenError(
-                f'Module "{frame.path}" is outside the scope of this Collection (made in '
-                f'"{self._anchor.path}"). Most likely a shared module was passed around; '
-                "create the Collection at a common parent."
-            )
+            raise CollectionScopeError(
+                f'Trying to {action} state outside the scope of this Collection: module '
+                f'"{frame.path}" is not inside "{self._anchor.path}", where the Collection '
+                "was made. Most likely due to passing around a shared Module; create the "
+                "Collection at a common parent (or at top level).")
         return path
 
     def retrieve(self, default: Any = None) -> Any:
@@ -103,15 +121,47 @@ class Collection:
         return self._state.get(self._frame_path("retrieve"), default)
 
     def store(self, value: Any) -> Any:
-        """Stores ``value`` for the running module's path; returns the previous value."""
+        """Stores ``value`` for the running module's path; returns the previous value.
+
+        Raises:
+          ImmutableStateError: outside ``mutate()`` / a mutable ``nn.stateful`` scope.
+          StateTraceError: ``value`` comes from a JAX transformation started after
+            ``mutate()`` (open the scope inside the transformed function).
+          CollectionScopeError: called outside any module, by the module that created
+            the Collection, by a module outside its scope, or by two different unnamed
+            top-level module calls (which would overwrite each other's entries).
+        """
         if not self._mutable:
             raise ImmutableStateError(current_path())
         if trace_state() != self._trace and _has_tracer(value):
             raise StateTraceError(current_path(), "state (nn.stateful/Collection.store)")
         path = self._frame_path("store")
+        frame = current_frame()
+        if self._anchor is not None and frame is self._anchor:
+            raise CollectionScopeError(
+                f'Module "{frame.path}" stores into a Collection it created itself. State '
+                "should be stored from within a (child) module; consider using the value "
+                "directly instead of storing it in a Collection.")
+        self._check_root(frame)
         previous = self._state.get(path)
         self._state[path] = value
         return previous
+
+    def _check_root(self, frame: Any) -> None:
+        root = frame
+        while root.parent is not None and root.parent is not self._anchor:
+            root = root.parent
+        first = getattr(self, "_root", None)  # subclasses may build instances themselves
+        if first is None:
+            self._root = root
+        elif first is not root and (first.name is None or root.name is None):
+            raise CollectionScopeError(
+                "When multiple top-level module calls use a Collection each top-level module "
+                f'should have a name: expected one top-level call, got a second one '
+                f'("{root.path}" after "{first.path}") storing into the same '
+                "Collection, so their entries would overwrite each other. Pass `name=` to "
+                "each top-level call (e.g. `A.init(rng, x, name='a')`), or use a separate "
+                "`mutate()` scope for each.")
 
 
 def _has_tracer(tree: Any) -> bool:
@@ -135,6 +185,7 @@ def _unflatten(aux: tuple[Any, ...], children: list[Any]) -> Collection:
     c._anchor = anchor
     c._mutable = False
     c._trace = None
+    c._root = None
     return c
 
 
@@ -197,10 +248,16 @@ class ModuleState:
         return self._name
 
     @property
+    def collection(self) -> Collection:
+        """The collection this variable lives in."""
+        return self._collection
+
+    @property
     def value(self) -> Any:
         values = self._collection.retrieve(default={})
         if self._name not in values:
-            raise MissingStateError(current_path(), f'the state variable "{self._name}"')
+            raise StateEntryMissingError(current_path(), f'the state variable "{self._name}"',
+                                         list(self._collection.as_dict()))
         return values[self._name]
 
     @value.setter

@@ -16,7 +16,15 @@ from jax import lax
 
 from flaxen.errors import LayerArgumentError, ShapeError
 from flaxen.nn import initializers
-from flaxen.nn._layer_util import InitFn, as_tuple, param_for_input, where, with_dtype
+from flaxen.nn._layer_util import (
+    InitFn,
+    as_tuple,
+    check_features,
+    check_positive,
+    param_for_input,
+    where,
+    with_dtype,
+)
 from flaxen.nn.base import Module
 from flaxen.nn.linear import default_kernel_init
 
@@ -29,16 +37,16 @@ def _dimension_numbers(n: int) -> lax.ConvDimensionNumbers:
     return lax.ConvDimensionNumbers(lhs, rhs, lhs)
 
 
-def _prepare(module: Module, inputs: Any, kernel_size: Sequence[int], strides: Any,
-             padding: Padding, name: str = "kernel_size") -> tuple[jax.Array, bool, tuple,
-                                                                   tuple, Padding]:
+def _prepare(module: Module, inputs: Any, features: Any, kernel_size: Sequence[int],
+             strides: Any, padding: Padding) -> tuple[jax.Array, bool, tuple, tuple, Padding]:
     """Checks the input rank and the arguments; adds a batch axis to an unbatched input."""
     path = where(module)
     inputs = jnp.asarray(inputs)
+    check_features(path, "features", features)
     kernel_size = as_tuple(kernel_size)
     n = len(kernel_size)
     if n < 1 or any(not isinstance(k, int) or k < 1 for k in kernel_size):
-        raise LayerArgumentError(path, name, "a tuple of positive ints", kernel_size)
+        raise LayerArgumentError(path, "kernel_size", "a tuple of positive ints", kernel_size)
     if inputs.ndim == n + 1:
         inputs, unbatched = inputs[None], True
     elif inputs.ndim == n + 2:
@@ -46,10 +54,9 @@ def _prepare(module: Module, inputs: Any, kernel_size: Sequence[int], strides: A
     else:
         raise ShapeError(path, f"input rank for a {n}-D kernel {kernel_size}",
                          f"rank {n + 2} (batch, {n} spatial, features) or {n + 1} (unbatched)",
-                         f"rank {inputs.ndim} (shape {inputs.shape})")
-    strides = (1,) * n if strides is None else as_tuple(strides, n)
-    if len(strides) != n:
-        raise LayerArgumentError(path, "strides", f"{n} values (one per spatial axis)", strides)
+                         f"rank {inputs.ndim} (shape {inputs.shape})",
+                         "Inputs are channels-last: (batch, spatial..., features).")
+    strides = check_positive(path, "strides", strides, n) or (1,) * n
     if not isinstance(padding, str):
         padding = [(int(p[0]), int(p[1])) if len(p) == 2 else tuple(p) for p in padding]
         if len(padding) != n or any(len(p) != 2 for p in padding):
@@ -59,6 +66,27 @@ def _prepare(module: Module, inputs: Any, kernel_size: Sequence[int], strides: A
         raise LayerArgumentError(path, "padding", "'SAME', 'VALID' or (low, high) pairs",
                                  repr(padding))
     return inputs, unbatched, kernel_size, strides, padding
+
+
+def _kernel(module: Module, shape: tuple, init: InitFn, param_dtype: Any, inputs: jax.Array,
+            unbatched: bool) -> Any:
+    """The ``kernel`` param; a mismatch names the input shape the user passed and how it
+    was read (an unbatched input is read as one example, channels-last)."""
+    shown = inputs.shape[1:] if unbatched else inputs.shape
+    try:
+        return param_for_input(module, "kernel", shape, with_dtype(init, param_dtype), shown)
+    except ShapeError as e:
+        if not unbatched:
+            raise
+        n = len(shown) - 1
+        raise ShapeError(
+            where(module), "the input does not fit the stored kernel of shape "
+            f"{tuple(module.get_param('kernel').shape)}",
+            f"(batch, {n} spatial, {module.get_param('kernel').shape[-2]} features)",
+            f"input shape {tuple(shown)}, read as ONE unbatched example with spatial "
+            f"{tuple(shown[:-1])} and {shown[-1]} channels",
+            "Inputs are channels-last: add the channel axis, e.g. `x[..., None]` for "
+            "(batch, H, W) images.") from e
 
 
 class Conv(Module):
@@ -92,7 +120,7 @@ class Conv(Module):
           ``bias`` ``(features,)``.
         """
         inputs, unbatched, kernel_size, strides, padding = _prepare(
-            self, inputs, kernel_size, strides, padding)
+            self, inputs, features, kernel_size, strides, padding)
         n = len(kernel_size)
         in_features = inputs.shape[-1]
         g = feature_group_count
@@ -101,10 +129,9 @@ class Conv(Module):
                 where(self), "feature_group_count", "a positive divisor of both in_features "
                 f"({in_features}) and features ({features})", g)
         kernel_shape = kernel_size + (in_features // g, features)
-        kernel = param_for_input(self, "kernel", kernel_shape,
-                                 with_dtype(kernel_init, param_dtype), inputs.shape)
-        lhs_dil = None if input_dilation is None else as_tuple(input_dilation, n)
-        rhs_dil = None if kernel_dilation is None else as_tuple(kernel_dilation, n)
+        kernel = _kernel(self, kernel_shape, kernel_init, param_dtype, inputs, unbatched)
+        lhs_dil = check_positive(where(self), "input_dilation", input_dilation, n)
+        rhs_dil = check_positive(where(self), "kernel_dilation", kernel_dilation, n)
         if lhs_dil is not None and isinstance(padding, str):
             # lax wants explicit pads with input dilation: those of the dilated shapes.
             sp = tuple((s - 1) * d + 1 for s, d in zip(inputs.shape[1:-1], lhs_dil))
@@ -148,15 +175,15 @@ class ConvTranspose(Module):
           ``(features,)``.
         """
         inputs, unbatched, kernel_size, strides, padding = _prepare(
-            self, inputs, kernel_size, strides, padding)
+            self, inputs, features, kernel_size, strides, padding)
         n = len(kernel_size)
         kernel_shape = kernel_size + (inputs.shape[-1], features)
-        kernel = param_for_input(self, "kernel", kernel_shape,
-                                 with_dtype(kernel_init, param_dtype), inputs.shape)
+        kernel = _kernel(self, kernel_shape, kernel_init, param_dtype, inputs, unbatched)
+        rhs_dil = check_positive(where(self), "kernel_dilation", kernel_dilation, n)
         dn = _dimension_numbers(n)
         y = lax.conv_transpose(
             inputs.astype(dtype), jnp.asarray(kernel).astype(dtype), strides, padding,
-            rhs_dilation=None if kernel_dilation is None else as_tuple(kernel_dilation, n),
+            rhs_dilation=rhs_dil,
             dimension_numbers=dn, precision=precision)
         return _add_bias(self, y, bias, features, bias_init, param_dtype, dtype, unbatched)
 

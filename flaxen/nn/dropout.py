@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from flaxen.errors import LayerArgumentError
@@ -21,7 +22,8 @@ def dropout(inputs: jax.Array, rate: float, deterministic: bool = False,
 
     Args:
       inputs: array of any shape and floating dtype.
-      rate: the drop probability, in ``[0, 1)``.
+      rate: the drop probability, in ``[0, 1)`` (checked when it is a number or a
+        concrete array; a traced rate is used as it is).
       deterministic: if True, returns ``inputs`` unchanged (no key needed).
       rng: an explicit PRNG key (optional).
 
@@ -29,16 +31,23 @@ def dropout(inputs: jax.Array, rate: float, deterministic: bool = False,
       Array of the shape and dtype of ``inputs``.
 
     Raises:
-      LayerArgumentError: ``rate`` is outside ``[0, 1)``.
+      LayerArgumentError: ``rate`` is outside ``[0, 1)``, or ``inputs`` is not floating.
       MissingRngError: no key is available (not deterministic, no ``rng``, no scope).
     """
-    if isinstance(rate, (int, float)) and not 0.0 <= rate < 1.0:
+    concrete = isinstance(rate, int | float | np.number) or (
+        isinstance(rate, np.ndarray | jax.Array) and np.ndim(rate) == 0
+        and not isinstance(rate, jax.core.Tracer))
+    if concrete and not 0.0 <= float(rate) < 1.0:
         raise LayerArgumentError(where(), "dropout rate", "a probability in [0, 1)", rate,
                                  "rate=1 would drop everything; use deterministic=True to "
                                  "turn dropout off.")
-    if deterministic or (isinstance(rate, (int, float)) and rate == 0.0):
+    if deterministic or (concrete and float(rate) == 0.0):
         return inputs
     inputs = jnp.asarray(inputs)
+    if not jnp.issubdtype(inputs.dtype, jnp.inexact):
+        raise LayerArgumentError(where(), "dropout input dtype", "a floating dtype",
+                                 inputs.dtype, "Dropout scales the kept values by "
+                                 "1/(1-rate); cast first, e.g. `x.astype(jnp.float32)`.")
     if rng is None:
         rng = make_rng()
     keep_prob = 1.0 - rate

@@ -17,7 +17,15 @@ from jax import lax
 
 from flaxen.errors import LayerArgumentError, ShapeError
 from flaxen.nn import initializers
-from flaxen.nn._layer_util import InitFn, as_tuple, check_rank, param_for_input, where, with_dtype
+from flaxen.nn._layer_util import (
+    InitFn,
+    as_tuple,
+    check_features,
+    check_rank,
+    param_for_input,
+    where,
+    with_dtype,
+)
 from flaxen.nn.base import Module, module_method
 
 default_kernel_init = initializers.lecun_normal()
@@ -45,8 +53,12 @@ class Dense(Module):
 
         Returns:
           Array of shape ``(..., features)`` and dtype ``dtype``.
+
+        Raises:
+          LayerArgumentError: ``features`` is not a positive int.
         """
         inputs = jnp.asarray(inputs)
+        (features,) = check_features(where(self), "features", features)
         if inputs.ndim < 1:
             raise ShapeError(where(self), "input rank", "rank >= 1", f"shape {inputs.shape}")
         shape = (inputs.shape[-1], features)
@@ -90,11 +102,12 @@ class DenseGeneral(Module):
           ``batch + F``.
 
         Raises:
-          LayerArgumentError: ``batch_dims`` are not the leading axes, or axes overlap.
+          LayerArgumentError: ``features`` is not positive ints, ``batch_dims`` are not the
+            leading axes, or axes overlap.
         """
         inputs = jnp.asarray(inputs)
         path = where(self)
-        features_t = as_tuple(features)
+        features_t = check_features(path, "features", features)
         ndim = inputs.ndim
         for a in as_tuple(axis) + as_tuple(batch_dims):
             if not -ndim <= a < ndim:
@@ -170,6 +183,8 @@ class Embed(Module):
           LayerArgumentError: ``inputs`` is not of an integer dtype.
         """
         inputs = jnp.asarray(inputs)
+        check_features(where(self), "num_embeddings", num_embeddings)
+        check_features(where(self), "features", features)
         if not jnp.issubdtype(inputs.dtype, jnp.integer):
             raise LayerArgumentError(where(self), "input dtype", "an integer dtype (token ids)",
                                      inputs.dtype, "Cast the ids with `.astype(jnp.int32)`.")

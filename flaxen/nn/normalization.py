@@ -23,9 +23,16 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from flaxen.errors import LayerArgumentError, MissingStateError, ShapeError
+from flaxen.errors import LayerArgumentError, ShapeError, StateEntryMissingError
 from flaxen.nn import initializers
-from flaxen.nn._layer_util import InitFn, as_tuple, param_for_input, where, with_dtype
+from flaxen.nn._layer_util import (
+    InitFn,
+    as_tuple,
+    check_number,
+    param_for_input,
+    where,
+    with_dtype,
+)
 from flaxen.nn.base import Module
 
 
@@ -92,6 +99,12 @@ class BatchNorm(Module):
         path = where(self)
         if x.ndim < 1:
             raise ShapeError(path, "input rank", "rank >= 1", f"shape {x.shape}")
+        check_number(path, "momentum", momentum, 0.0, 1.0, "a number in [0, 1]")
+        check_number(path, "epsilon", epsilon, 0.0, float("inf"), "a number >= 0")
+        for a in as_tuple(axis):
+            if not isinstance(a, int) or not -x.ndim <= a < x.ndim:
+                raise LayerArgumentError(path, "axis", f"feature axes of a rank-{x.ndim} "
+                                         f"input (ints in [{-x.ndim}, {x.ndim}))", repr(axis))
         feat_axes = tuple(sorted(a % x.ndim for a in as_tuple(axis)))
         red_axes = tuple(i for i in range(x.ndim) if i not in feat_axes)
         feat_shape = tuple(x.shape[a] for a in feat_axes)
@@ -101,8 +114,9 @@ class BatchNorm(Module):
             ra_mean = self.state("mean", collection=batch_stats)
             ra_var = self.state("var", collection=batch_stats)
             if not (ra_mean.exists() and ra_var.exists()):
-                raise MissingStateError(path, "its running statistics (\"mean\", \"var\") "
-                                        "in the state collection, which has none for it")
+                raise StateEntryMissingError(
+                    path, 'its running statistics ("mean", "var") for evaluation '
+                    "(use_running_average=True)", list(ra_mean.collection.as_dict()))
         else:
             ra_mean = self.state("mean", feat_shape, initializers.zeros, collection=batch_stats)
             ra_var = self.state("var", feat_shape, initializers.ones, collection=batch_stats)
@@ -168,6 +182,7 @@ class LayerNorm(Module):
         mean = jnp.mean(xs, axis=-1, keepdims=True)
         mean2 = jnp.mean(lax.square(xs), axis=-1, keepdims=True)
         var = jnp.maximum(mean2 - lax.square(mean), jnp.zeros((), mean.dtype))
+        check_number(where(self), "epsilon", epsilon, 0.0, float("inf"), "a number >= 0")
         y = (xs - mean) * lax.rsqrt(var + jnp.asarray(epsilon, xs.dtype))
         feat = (x.shape[-1],)
         bcast = (1,) * (x.ndim - 1) + feat
@@ -196,6 +211,7 @@ class RMSNorm(Module):
             raise ShapeError(where(self), "input rank", "rank >= 1", f"shape {x.shape}")
         xs = x.astype(_stats_dtype(x))
         ms = jnp.mean(lax.square(xs), axis=-1, keepdims=True)
+        check_number(where(self), "epsilon", epsilon, 0.0, float("inf"), "a number >= 0")
         y = xs * lax.rsqrt(ms + jnp.asarray(epsilon, xs.dtype))
         feat = (x.shape[-1],)
         bcast = (1,) * (x.ndim - 1) + feat
@@ -249,6 +265,7 @@ class GroupNorm(Module):
         mean = jnp.mean(g, axis=red, keepdims=True)
         mean2 = jnp.mean(lax.square(g), axis=red, keepdims=True)
         var = jnp.maximum(mean2 - lax.square(mean), jnp.zeros((), mean.dtype))
+        check_number(where(self), "epsilon", epsilon, 0.0, float("inf"), "a number >= 0")
         y = ((g - mean) * lax.rsqrt(var + jnp.asarray(epsilon, xs.dtype))).reshape(x.shape)
         bcast = (1,) * (x.ndim - 1) + (c,)
         y = _scale_and_shift(self, y, (c,), bcast, x.shape, scale, bias, scale_init,

@@ -15,7 +15,7 @@ import numpy as np
 from jax import lax
 
 from flaxen.errors import LayerArgumentError, ShapeError
-from flaxen.nn._layer_util import where
+from flaxen.nn._layer_util import check_positive, where
 
 
 def pool(inputs: jax.Array, init: Any, reduce_fn: Callable[[Any, Any], Any],
@@ -43,6 +43,8 @@ def pool(inputs: jax.Array, init: Any, reduce_fn: Callable[[Any, Any], Any],
     inputs = jnp.asarray(inputs)
     window_shape = tuple(window_shape)
     n = len(window_shape)
+    check_positive(path, "window_shape", window_shape, n)
+    check_positive(path, "strides", strides, n)
     if inputs.ndim not in (n + 1, n + 2):
         raise ShapeError(path, f"pooling input rank for window {window_shape}",
                          f"rank {n + 2} (batch, {n} window dims, features) or {n + 1}",

@@ -10,6 +10,7 @@ from flaxen.optim.adagrad import Adagrad as Adagrad
 from flaxen.optim.adam import Adam as Adam
 from flaxen.optim.dynamic_scale import DynamicScale as DynamicScale
 from flaxen.optim.dynamic_scale import DynamicScaleResult as DynamicScaleResult
+from flaxen.optim.finite import check_finite as check_finite
 from flaxen.optim.base import Optimizer as Optimizer
 from flaxen.optim.base import OptimizerDef as OptimizerDef
 from flaxen.optim.base import OptimizerState as OptimizerState

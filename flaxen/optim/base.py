@@ -16,7 +16,7 @@ Example:
     >>> import jax, jax.numpy as jnp
     >>> from flaxen import optim
     >>> opt = optim.Momentum(learning_rate=0.1, beta=0.9).create({"w": jnp.ones(3)})
-    >>> opt, loss, _ = opt.optimize(lambda p: (jnp.sum(p["w"] ** 2), None))
+    >>> opt, loss = opt.optimize(lambda p: jnp.sum(p["w"] ** 2))
     >>> int(opt.state.step)
     1
 """
@@ -62,6 +62,27 @@ OptimizerState.__init__ = _state_init  # type: ignore[method-assign]
 
 def _is_concrete(value: Any) -> bool:
     return not isinstance(value, jax.core.Tracer)
+
+
+def _is_numeric(value: Any) -> bool:
+    """A Python/NumPy number or a numeric array (traced or not): a per-step value."""
+    if isinstance(value, bool | int | float | complex | np.number):
+        return True
+    if isinstance(value, np.ndarray | jax.Array):
+        return np.dtype(value.dtype).kind in "biufc"
+    return False
+
+
+def _check_inexact(optimizer: str, params: Any) -> None:
+    """Optimizers update floating (or complex) params only: an integer param would be
+    rounded (to 0 for small steps) silently."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None:
+            dtype = np.asarray(leaf).dtype
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            raise errors.ParamDtypeError(optimizer, jax.tree_util.keystr(path) or "<root>",
+                                         dtype)
 
 
 def _same_static(value: Any, default: Any) -> bool:
@@ -162,6 +183,10 @@ class OptimizerDef:
         opt = type(self).__name__
         for name in names:
             value = getattr(hp, name)
+            if isinstance(value, str | bytes):
+                raise errors.HyperParamError(
+                    opt, name, f"must be a number, got the string {value!r}",
+                    f"For example `{name}=0.9`.")
             if name in self._nonnegative_names and value is not None and _is_concrete(value):
                 arr = np.asarray(value)
                 if arr.dtype.kind in "biuf" and np.any(arr < 0):
@@ -186,6 +211,11 @@ class OptimizerDef:
                 if name not in names:
                     raise errors.HyperParamError(
                         opt, name, "does not exist", f"Valid names: {', '.join(names)}.")
+                if not _is_numeric(value):
+                    raise errors.HyperParamError(
+                        opt, name, f"given per step must be a number or a numeric scalar "
+                        f"array, got {type(value).__name__} {value!r}",
+                        f"For example `apply_gradient(grads, {name}=0.9)`.")
                 default = getattr(self.hyper_params, name)
                 if name in self._static_names and not _same_static(value, default):
                     raise errors.HyperParamError(
@@ -220,7 +250,13 @@ class OptimizerDef:
     # -- state and updates ----------------------------------------------------------------
 
     def init_state(self, params: Any) -> OptimizerState:
-        """``OptimizerState(step=0, param_states=optax_init(params))``."""
+        """``OptimizerState(step=0, param_states=optax_init(params))``.
+
+        Raises:
+            ParamDtypeError: a parameter is not floating (integer params would be
+                rounded by every update).
+        """
+        _check_inexact(type(self).__name__, params)
         if self._per_leaf():
             return OptimizerState(step=jnp.zeros((), jnp.int32),
                                   param_states=jax.tree.map(self.init_param_state, params))
@@ -357,16 +393,28 @@ class Optimizer:
             target = dataclasses.replace(self.target, params=new_params)
         return Optimizer(self.optimizer_def, new_state, target)
 
-    def compute_gradient(self, loss_fn: Any) -> tuple[jax.Array, Any, Any]:
-        """``(loss, aux, grad)`` of ``loss_fn(target) -> (loss, aux)`` (or a bare loss).
+    def compute_gradient(self, loss_fn: Any) -> tuple[Any, ...]:
+        """Loss and gradient of ``loss_fn(target)``, as the pre-release returned them.
 
-        ``aux`` is ``None`` when ``loss_fn`` returns only the loss. ``grad`` mirrors
-        ``target`` (a Model for a Model target).
+        Returns:
+            ``(loss, aux, grad)`` when ``loss_fn`` returns ``(loss, aux)``, and
+            ``(loss, grad)`` when it returns a bare loss (an array or a number). ``grad``
+            mirrors ``target`` (a Model for a Model target).
         """
+        bare = False
 
         def wrapped(target: Any) -> tuple[jax.Array, Any]:
+            nonlocal bare
             out = loss_fn(target)
-            loss, aux = out if isinstance(out, tuple) and len(out) == 2 else (out, None)
+            if isinstance(out, tuple) and len(out) == 2:
+                loss, aux = out
+            elif isinstance(out, tuple | list):
+                raise errors.FlaxenError(
+                    f"loss_fn must return a scalar loss or `(loss, aux)`, got a "
+                    f"{type(out).__name__} of length {len(out)}. Pack the extra outputs "
+                    "into aux, e.g. `return loss, (a, b)`.")
+            else:
+                bare, loss, aux = True, out, None
             if np.shape(loss) != ():
                 raise errors.FlaxenError(
                     f"loss_fn must return a scalar loss (or `(loss, aux)`), got a loss of "
@@ -374,20 +422,24 @@ class Optimizer:
             return loss, aux
 
         (loss, aux), grad = jax.value_and_grad(wrapped, has_aux=True)(self.target)
-        return loss, aux, grad
+        return (loss, grad) if bare else (loss, aux, grad)
 
     compute_gradients = compute_gradient
 
-    def optimize(self, loss_fn: Any, **hyper_param_overrides: Any) -> tuple[Optimizer, Any, Any]:
-        """One training step: ``(new_optimizer, loss, aux)``.
+    def optimize(self, loss_fn: Any, **hyper_param_overrides: Any) -> tuple[Any, ...]:
+        """One training step, as the pre-release returned it.
 
         Args:
-            loss_fn: ``loss_fn(target) -> (loss, aux)``; loss a float scalar (a bare loss
-                is accepted, then ``aux`` is ``None``).
+            loss_fn: ``loss_fn(target) -> (loss, aux)``, or a bare scalar loss.
             **hyper_param_overrides: per-step values, as in ``apply_gradient``.
+
+        Returns:
+            ``(new_optimizer, loss, aux)``, or ``(new_optimizer, loss)`` when ``loss_fn``
+            returns a bare loss.
         """
-        loss, aux, grad = self.compute_gradient(loss_fn)
-        return self.apply_gradient(grad, **hyper_param_overrides), loss, aux
+        out = self.compute_gradient(loss_fn)
+        new = self.apply_gradient(out[-1], **hyper_param_overrides)
+        return (new,) + tuple(out[:-1])
 
     def state_dict(self) -> dict[str, Any]:
         """``{'target': ..., 'state': {'step': ..., 'param_states': ...}}`` (nested dicts)."""
@@ -401,19 +453,61 @@ class Optimizer:
 
         return serialization.from_state_dict(self, state)
 
-    def replicate(self, mesh: Any = None) -> Optimizer:
-        """This optimizer with every array replicated on all devices of ``mesh``.
+    def replicate(self, mesh: Any = None, *, devices: Any = None,
+                  axis_name: str | None = None) -> Optimizer:
+        """This optimizer on every device, for one of the two data-parallel paths.
 
-        ``mesh`` defaults to ``flaxen.parallel.default_mesh()`` (all devices, axis
-        ``'batch'``). A jitted step on a batch from ``parallel.shard_batch`` then trains
-        data-parallel; see ``docs/optim.md``.
+        * ``replicate()`` / ``replicate(mesh)``: the flaxen path (``jax.jit`` over a
+          ``Mesh``): every array replicated with ``NamedSharding(mesh, P())``; ``mesh``
+          defaults to ``flaxen.parallel.default_mesh()``.
+        * ``replicate(devices=...)`` and/or ``replicate(axis_name='batch')`` (or a list of
+          devices as the first argument): the pre-release pmap form. One copy per device
+          stacked on a leading axis (``jax_utils.replicate``), and ``apply_gradient``
+          averages the gradients over ``axis_name`` itself, so it must run inside
+          ``jax.pmap(..., axis_name=axis_name)``. ``devices`` defaults to
+          ``jax.local_devices()``.
+
+        See ``docs/parallelism.md``.
+
+        Raises:
+            ReplicationError: the optimizer is already replicated for pmap.
         """
-        from flaxen import parallel
+        from flaxen import jax_utils, parallel
+        from flaxen.optim.replicated import ReplicatedOptimizer
 
-        return parallel.replicate(self, mesh)
+        if isinstance(mesh, list | tuple):  # the pre-release positional `devices`
+            mesh, devices = None, mesh
+        if isinstance(self.optimizer_def, ReplicatedOptimizer) or any(
+                jax_utils.is_stacked(x) for x in jax.tree.leaves(self)):
+            raise errors.ReplicationError(
+                "Optimizer.replicate: expected an optimizer with one copy, got one that is "
+                "already replicated for pmap (a leading device axis). Replicate once, or "
+                "call `optimizer.unreplicate()` first.")
+        if devices is None and axis_name is None:
+            return parallel.replicate(self, mesh)
+        if mesh is not None:
+            raise errors.ReplicationError(
+                "Optimizer.replicate: expected either a Mesh (jit path) or `devices=`/"
+                "`axis_name=` (pmap path), got both. Pass one of them.")
+        wrapped = ReplicatedOptimizer(self.optimizer_def, devices, axis_name or "batch")
+        return jax_utils.replicate(Optimizer(wrapped, self.state, self.target), devices)
 
     def unreplicate(self) -> Optimizer:
-        """One copy of a replicated optimizer, on a single device."""
-        from flaxen import parallel
+        """One copy of a replicated optimizer, on a single device.
 
+        Works for all three replicated forms: ``replicate(devices=...)`` (the wrapping
+        ``ReplicatedOptimizer`` is removed), ``jax_utils.replicate(optimizer)`` and
+        pmap outputs (device 0's copy, ``x[0]``), and ``replicate(mesh)`` (the first
+        local copy). An optimizer that is not replicated comes back unchanged.
+        """
+        from flaxen import jax_utils, parallel
+        from flaxen.optim.replicated import ReplicatedOptimizer
+
+        opt_def = self.optimizer_def
+        if isinstance(opt_def, ReplicatedOptimizer) or any(
+                jax_utils.is_stacked(x) for x in jax.tree.leaves(self)):
+            one = jax_utils.unreplicate(self)
+            if isinstance(opt_def, ReplicatedOptimizer):
+                one = Optimizer(opt_def.optimizer_def, one.state, one.target)
+            return one
         return parallel.unreplicate(self)

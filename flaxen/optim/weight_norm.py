@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from flaxen import errors, struct
-from flaxen.optim.base import OptimizerDef, OptimizerState
+from flaxen.optim.base import OptimizerDef, OptimizerState, _check_inexact
 
 
 @struct.dataclass
@@ -90,6 +90,7 @@ class WeightNorm(OptimizerDef):
         return jax.tree.map(direction, params), jax.tree.map(scale, params)
 
     def init_state(self, params: Any) -> OptimizerState:
+        _check_inexact(type(self).__name__, params)
         eps = self.hyper_params.wn_eps
         directions, scales = self._split(params)
         inner = self.wrapped.init_state({"direction": directions, "scale": scales})

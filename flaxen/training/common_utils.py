@@ -97,11 +97,10 @@ def stack_forest(forest: Sequence[Any]) -> Any:
 
 
 def _is_pmapped(x: Any) -> bool:
-    """Whether ``x`` looks like a ``jax.pmap`` output: one row of axis 0 per device."""
-    if not isinstance(x, jax.Array) or x.ndim == 0 or x.is_fully_replicated:
-        return False
-    n = len(x.sharding.device_set)
-    return n > 1 and x.shape[0] == n and x.sharding.shard_shape(x.shape)[0] == 1
+    """Whether ``x`` is laid out as a ``jax.pmap`` output: row i of axis 0 on device i."""
+    from flaxen.jax_utils import is_stacked
+
+    return is_stacked(x)
 
 
 def get_metrics(device_metrics: Sequence[Any], unreplicate: bool | None = None) -> Any:
@@ -111,7 +110,7 @@ def get_metrics(device_metrics: Sequence[Any], unreplicate: bool | None = None) 
       device_metrics: one metrics pytree per step (scalars or arrays).
       unreplicate: take copy 0 of a leading device axis (pmap-style outputs). None (the
         default) does so for device arrays laid out as ``jax.pmap`` returns them (axis 0
-        of size n split over n > 1 devices, one row each); metrics of a ``jax.jit`` step
+        of size n split over n devices, one row each); metrics of a ``jax.jit`` step
         (scalars, possibly replicated over a mesh) are taken as they are. Pass a bool to
         decide explicitly.
 

@@ -105,9 +105,15 @@ def test_compute_gradient_and_bare_loss():
     loss, aux, grad = opt.compute_gradient(lambda p: (jnp.sum(p["w"] ** 2), "aux"))
     assert aux == "aux" and float(loss) == 5.0
     np.testing.assert_array_equal(grad["w"], [2.0, -4.0])
-    new, loss, aux = opt.optimize(lambda p: jnp.sum(p["w"] ** 2))  # no aux
-    assert aux is None
-    np.testing.assert_array_equal(new.target["w"], [0.0, 0.0])
+    # The pre-release shapes: a bare loss gives (loss, grad) and (new_optimizer, loss).
+    loss, grad = opt.compute_gradient(lambda p: jnp.sum(p["w"] ** 2))
+    assert float(loss) == 5.0
+    np.testing.assert_array_equal(grad["w"], [2.0, -4.0])
+    out = opt.optimize(lambda p: jnp.sum(p["w"] ** 2))
+    assert len(out) == 2 and float(out[1]) == 5.0
+    np.testing.assert_array_equal(out[0].target["w"], [0.0, 0.0])
+    new, loss, aux = opt.optimize(lambda p: (jnp.sum(p["w"] ** 2), None))
+    assert aux is None and len(opt.compute_gradient(lambda p: (p["w"][0], 1))) == 3
 
 
 def test_learning_rate_every_step_compiles_once():
