@@ -1,0 +1,45 @@
+"""Metric writers write on process 0 only, unless ``all_processes=True``.
+
+The real multi-process behaviour is checked end to end by the examples' two-process tests;
+here the process index is faked so the rule itself is tested in one process.
+"""
+
+import pytest
+
+from flaxen.metrics import JsonlWriter, SummaryWriter, _process, read_jsonl, read_scalars
+from flaxen.metrics.jsonl import MetricsFileError
+from flaxen.metrics.tensorboard import SummaryError
+
+
+@pytest.fixture
+def process_1(monkeypatch):
+    monkeypatch.setattr(_process.jax, "process_index", lambda: 1)
+
+
+def test_other_processes_write_nothing(tmp_path, process_1):
+    with JsonlWriter(tmp_path / "m" / "metrics.jsonl") as j, SummaryWriter(tmp_path / "tb") as tb:
+        assert not j.active and not tb.active
+        j.write(1, {"loss": 0.5})
+        tb.scalar("loss", 0.5, 1)
+        tb.text("sample", "hello", 1)
+        with pytest.raises(SummaryError, match="expected shape"):  # still checked everywhere
+            tb.image("bad", [1.0, 2.0], 1)
+    assert not (tmp_path / "m").exists() and not (tmp_path / "tb").exists()
+    with pytest.raises(MetricsFileError, match="closed"):
+        j.write(2, {"loss": 0.25})
+
+
+def test_all_processes_opt_in(tmp_path, process_1):
+    with JsonlWriter(tmp_path / "metrics.jsonl", all_processes=True) as j, \
+            SummaryWriter(tmp_path / "tb", all_processes=True) as tb:
+        j.write(1, {"loss": 0.5})
+        tb.scalar("loss", 0.5, 1)
+    assert [r["loss"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [0.5]
+    assert read_scalars(tmp_path / "tb")["loss"] == [(1, 0.5)]
+
+
+def test_process_0_writes(tmp_path):
+    with JsonlWriter(tmp_path / "metrics.jsonl") as j:
+        assert j.active
+        j.write(3, {"acc": 1.0})
+    assert read_jsonl(tmp_path / "metrics.jsonl")[0]["step"] == 3
