@@ -246,3 +246,7 @@ class BatchShardingError(FlaxenError):
 
 class ReplicationError(FlaxenError):
     """An array cannot be replicated or brought back to one device as asked."""
+
+
+class DistributedConfigError(FlaxenError):
+    """A multi-process run is configured inconsistently (flags, process counts, batch sizes)."""
