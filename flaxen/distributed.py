@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 import jax
 
@@ -102,8 +103,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                                                 DEFAULT_HEARTBEAT_TIMEOUT_S)
     init_timeout = initialization_timeout_s or _timeout("FLAXEN_INIT_TIMEOUT_S",
                                                         DEFAULT_INITIALIZATION_TIMEOUT_S)
-    timeouts = dict(heartbeat_timeout_seconds=heartbeat, initialization_timeout=init_timeout,
-                    shutdown_timeout_seconds=heartbeat)
+    timeouts: dict[str, Any] = dict(heartbeat_timeout_seconds=heartbeat,
+                                    initialization_timeout=init_timeout,
+                                    shutdown_timeout_seconds=heartbeat)
     if not missing:
         assert num_processes is not None and process_id is not None  # for type checkers
         if not _HOST_PORT.match(str(coordinator_address)):
@@ -120,7 +122,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         return True
     if cluster_detected() is None:
         return False
-    jax.distributed.initialize(**timeouts)  # type: ignore[arg-type]
+    jax.distributed.initialize(**timeouts)
     return True
 
 
@@ -154,10 +156,9 @@ def local_rows(global_batch_size: int, mesh: jax.sharding.Mesh | None,
             f"of all processes; use e.g. --batch_size={suggestion}.")
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis_name))
     index_map = sharding.addressable_devices_indices_map((global_batch_size,))
-    starts = [idx[0].start or 0 for idx in index_map.values()]
-    stops = [global_batch_size if idx[0].stop is None else idx[0].stop
-             for idx in index_map.values()]
-    start, stop = min(starts), max(stops)
+    ranges = [(idx[0] if idx else slice(None)).indices(global_batch_size)[:2]
+              for idx in index_map.values()]
+    start, stop = min(r[0] for r in ranges), max(r[1] for r in ranges)
     if stop - start != global_batch_size * len(index_map) // devices:
         raise DistributedConfigError(
             "This process's devices are not one contiguous block of the mesh's batch axis; "

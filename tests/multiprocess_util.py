@@ -90,6 +90,22 @@ def run(argv: Sequence[str], num_processes: int, devices_per_process: int, log_d
     return wait(procs, log_dir, timeout)
 
 
+def run_single(argv: Sequence[str], devices: int, log_dir: Path,
+               timeout: float = 300) -> Result:
+    """``python argv...`` as one plain process (no distributed flags) with ``devices``
+    simulated CPU devices: the reference a multi-process run is compared with."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / "single.log", "w") as log:
+        p = subprocess.Popen([sys.executable, *argv], cwd=REPO, env=cpu_env(devices),
+                             stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+    return Result(p.returncode, (log_dir / "single.log").read_text())
+
+
 def check_all_ok(results: Sequence[Result]) -> None:
     """Fails with the tail of each failed process's output."""
     bad = [(i, r) for i, r in enumerate(results) if r.returncode != 0]

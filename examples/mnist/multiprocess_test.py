@@ -6,8 +6,9 @@ global batches on 4 of its simulated devices.
 
 Tolerance: the 2-process run reduces the gradients over 4 devices of two processes (gloo),
 the reference over 4 devices of one process (XLA's in-process all-reduce); the summation
-order can differ, so results may differ in the last bits and grow through training. 16
-momentum steps stay within rtol 1e-5 / atol 1e-6 (measured: see the lead's notes).
+order can differ, so results may differ in the last bits, and the differences grow through
+training: 16 momentum steps stay within rtol 1e-5 / atol 1e-6 (measured: max 1.3e-7), 64
+steps within rtol 1e-4 / atol 2e-5 (measured: max 3.7e-6).
 """
 
 import os
@@ -27,7 +28,8 @@ from tests import multiprocess_util as mp
 pytestmark = pytest.mark.slow  # each launch starts two Python processes that import JAX
 
 TRAIN = "examples/mnist/train.py"
-TOL = dict(rtol=1e-5, atol=1e-6)
+TOL = dict(rtol=1e-5, atol=1e-6)  # 16 steps
+TOL_64 = dict(rtol=1e-4, atol=2e-5)  # 64 steps
 
 
 def _flags(data_dir, out, num_epochs, *extra):
@@ -109,5 +111,6 @@ def test_killed_process_stops_the_other_and_resume_on_two_then_one(tmp_path):
     mp.check_all_ok(mp.run(_flags(data, out, 4, "--resume"), 2, 2, tmp_path / "logs3"))
     assert [r["step"] for r in metrics.read_jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4]
     want = _reference(data, tmp_path / "ref", 4)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL), _saved_params(out, 4),
-                 want)
+    got = _saved_params(out, 4)
+    print(f"after kill and resumes: max parameter difference {_max_diff(got, want):.3g}")
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL_64), got, want)

@@ -19,7 +19,6 @@ from examples.mnist import input_pipeline, train
 from flaxen import metrics
 
 
-
 def _split(images, labels, n_train, n_test):
     ds = {"image": (images.astype(np.float32) / 255.0)[..., None],
           "label": labels.astype(np.int32)}

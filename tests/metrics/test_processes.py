@@ -43,3 +43,23 @@ def test_process_0_writes(tmp_path):
         assert j.active
         j.write(3, {"acc": 1.0})
     assert read_jsonl(tmp_path / "metrics.jsonl")[0]["step"] == 3
+
+
+def test_truncate_history_to_the_restored_step(tmp_path):
+    """A resumed run drops what a killed run logged after its last checkpoint."""
+    from flaxen.metrics import truncate_events, truncate_jsonl
+
+    with JsonlWriter(tmp_path / "m.jsonl") as j, SummaryWriter(tmp_path / "tb") as tb:
+        for step in range(1, 6):
+            j.write(step, {"loss": 1.0 / step})
+            tb.scalar("loss", 1.0 / step, step)
+        tb.text("note", "at 5", 5)
+    with open(tb.path, "ab") as f:  # a killed writer's half record
+        f.write(b"\x10\x00\x00")
+    kept = truncate_jsonl(tmp_path / "m.jsonl", 3)
+    assert [r["step"] for r in kept] == [1, 2, 3]
+    assert [r["step"] for r in read_jsonl(tmp_path / "m.jsonl")] == [1, 2, 3]
+    assert truncate_events(tmp_path / "tb", 3) == 4  # steps 4, 5, the text and the half record
+    assert read_scalars(tmp_path / "tb")["loss"] == [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]
+    assert truncate_events(tmp_path / "tb", 3) == 0
+    assert truncate_jsonl(tmp_path / "missing.jsonl", 3) == []
