@@ -555,7 +555,7 @@ _DISTRIBUTED_HELP = {
 def _define_flags() -> None:
     for field in dataclasses.fields(TrainArgs):
         name, default = field.name, cast(Any, field.default)
-        help_text = _HELP[name]
+        help_text = _HELP.get(name, "")
         if name == "max_train_sentences":
             flags.DEFINE_integer(name, None, "LM1b: use only the first N training sentences.")
         elif name in ("text_file", "lm1b_dir"):
