@@ -173,3 +173,58 @@ def test_plain_jax_baseline_is_the_same_model():
     _, test_ds = synthetic_datasets(n_test=16)
     np.testing.assert_allclose(np.asarray(jax.jit(baseline.forward)(mapped, test_ds["image"])),
                                np.asarray(model(test_ds["image"])), rtol=1e-5, atol=1e-5)
+
+
+def _offline_mnist(monkeypatch, tmp_path):
+    """MNIST cannot be downloaded, and no Fashion-MNIST is where the example looks."""
+    import dataclasses
+
+    offline = dataclasses.replace(input_pipeline.MNIST,
+                                  mirrors=((tmp_path / "nowhere").as_uri() + "/",))
+    monkeypatch.setattr(input_pipeline, "MNIST", offline)
+    monkeypatch.setitem(input_pipeline.DATASETS, "mnist", offline)
+    monkeypatch.setattr(input_pipeline, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "none"))
+    monkeypatch.setenv("FLAXEN_DATA", str(tmp_path / "data"))
+
+
+def test_no_data_at_all_says_how_to_get_it_in_one_line(monkeypatch, tmp_path):
+    _offline_mnist(monkeypatch, tmp_path)
+    with pytest.raises(input_pipeline.DataError) as e:
+        input_pipeline.load("mnist", allow_fallback=True, cache_dir=str(tmp_path / "cache"))
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "`apt-get install dataset-fashion-mnist`" in msg and "--data_dir" in msg
+    assert str(tmp_path / "data" / "fashion-mnist") in msg
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist")
+def test_falls_back_to_fashion_mnist_in_flaxen_data_and_says_why(monkeypatch, tmp_path):
+    _offline_mnist(monkeypatch, tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "fashion-mnist").symlink_to(FASHION)
+    loaded = input_pipeline.load("mnist", allow_fallback=True, cache_dir=str(tmp_path / "c"),
+                                 num_train_examples=10)
+    assert loaded.name == "fashion_mnist" and loaded.folder == tmp_path / "data" / "fashion-mnist"
+    assert "could not be downloaded" in loaded.note and str(loaded.folder) in loaded.note
+    cfg = config(tmp_path / "out")
+    lines = train.summary_lines(loaded, cfg, 1.5)
+    assert lines[0].startswith("Dataset: fashion_mnist from ") and "why not MNIST" in lines[1]
+
+
+@pytest.mark.slow
+def test_user_errors_are_one_line_and_exit_2(tmp_path):
+    """The real program: bad flags give one `Error:` line, exit status 2, no traceback."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]),
+               JAX_PLATFORMS="cpu")
+    for flags, expected in ((["--batch_size=0"], "Error: --batch_size=0"),
+                            (["--num_processes=2"], "Error: --num_processes given without")):
+        p = subprocess.run([sys.executable, "examples/mnist/train.py", *flags,
+                            f"--output_dir={tmp_path}"], capture_output=True, text=True,
+                           env=env, cwd=Path(__file__).resolve().parents[2], timeout=300)
+        assert p.returncode == 2, p.stderr[-2000:]
+        assert "Traceback" not in p.stderr and p.stderr.strip().splitlines()[-1].startswith(
+            expected), p.stderr[-2000:]
+        assert sum(line.startswith("Error:") for line in p.stderr.splitlines()) == 1
