@@ -502,7 +502,11 @@ def _define_flags() -> None:
         help_text = field.metadata["help"]
         define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
                   float: flags.DEFINE_float, str: flags.DEFINE_string}[type(default)]
-        define(field.name, default, help_text)
+        if field.name == "num_train_steps":  # --num_steps, as in the other examples
+            define("num_steps", default, help_text)
+            flags.DEFINE_integer(field.name, None, "Deprecated: the old name of --num_steps.")
+        else:
+            define(field.name, default, help_text)
     flags.DEFINE_string("output_dir", "/tmp/flaxen_imagenet", "Where checkpoints, TensorBoard "
                         "events, metrics.jsonl, config.json and curves.png go.")
     flags.DEFINE_string("model_dir", None, "Deprecated: the old name of --output_dir.")
@@ -516,8 +520,15 @@ def _define_flags() -> None:
 
 
 def config_from_flags() -> Config:
-    """A ``Config`` with every field read from the flag of the same name."""
-    return Config(**{f.name: getattr(flags.FLAGS, f.name) for f in dataclasses.fields(Config)})
+    """A ``Config`` with every field read from the flag of the same name (``num_train_steps``
+    from ``--num_steps``, or its deprecated old name ``--num_train_steps``)."""
+    FLAGS = flags.FLAGS
+    values = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(Config)}
+    if values["num_train_steps"] is None:
+        values["num_train_steps"] = FLAGS.num_steps
+    elif FLAGS["num_steps"].present:
+        raise UsageError("Give --num_steps only (--num_train_steps is its deprecated old name).")
+    return Config(**values)
 
 
 def fail(message: object) -> None:

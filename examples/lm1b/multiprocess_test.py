@@ -5,11 +5,11 @@ run, not what the model learns. The reference is one plain process with 4 simula
 on the same global batches; they reduce gradients in different orders (gloo across
 processes vs XLA within one), so the parameters agree to rounding, not bit for bit.
 
-Tolerance: rtol 1e-4 and atol 1e-4. Parameters whose gradient is zero in exact arithmetic
-(e.g. the attention key bias, which softmax ignores) or tiny get only rounding noise, which
-Adam divides by its own tiny second moment: those parameters stay near 0 (about 1e-5) but
-differ between the runs by up to about 4e-5 (measured). Every other parameter agrees to
-about 1e-6.
+Tolerance: rtol 1e-5, atol 1e-6 for every parameter but the attention key biases, whose
+gradient is zero in exact arithmetic (softmax ignores a constant added to every score of a
+query): they receive only rounding noise, which Adam divides by its own tiny second moment,
+so they stay near 0 (about 2e-5) but differ between the runs by up to about 4e-5; atol 1e-4
+for those. Measured: key bias 3.8e-5, every other parameter at most 1.2e-7.
 """
 
 import os
@@ -26,7 +26,8 @@ from tests import multiprocess_util as mp
 pytestmark = pytest.mark.slow  # starts three Python processes that import JAX
 
 TRAIN = "examples/lm1b/train.py"
-TOL = dict(rtol=1e-4, atol=1e-4)  # 12 AdamW steps; see above
+TOL = dict(rtol=1e-5, atol=1e-6)  # 12 AdamW steps; see above
+TOL_KEY_BIAS = dict(rtol=0, atol=1e-4)
 
 
 def synthetic_text(path, words=4000, seed=0):
@@ -40,7 +41,7 @@ def synthetic_text(path, words=4000, seed=0):
 def _flags(text, out):
     return [TRAIN, f"--text_file={text}", f"--output_dir={out}", "--emb_dim=32",
             "--num_heads=2", "--num_layers=2", "--context=16", "--batch_size=8",
-            "--num_train_steps=12", "--learning_rate=1e-2", "--warmup_steps=2",
+            "--num_steps=12", "--learning_rate=1e-2", "--warmup_steps=2",
             "--eval_every=6", "--eval_batch_size=16", "--eval_batches=4", "--log_every=3",
             "--checkpoint_every=6", "--sample_length=8", "--noprogress"]
 
@@ -76,6 +77,8 @@ def test_two_processes_train_like_one_process_with_four_devices_synthetic(tmp_pa
         for key in path:
             b = b[key.key]
         diff = float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-        print(f"{jax.tree_util.keystr(path)}: max |2-process - 1-process| {diff:.3g} "
+        name = jax.tree_util.keystr(path)
+        print(f"{name}: max |2-process - 1-process| {diff:.3g} "
               f"(largest value {float(np.max(np.abs(b))):.3g})")
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL), got, want)
+        tol = TOL_KEY_BIAS if "['key']['bias']" in name else TOL
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), err_msg=name, **tol)

@@ -562,6 +562,9 @@ def _define_flags() -> None:
             flags.DEFINE_string(name, None, help_text)
         elif name == "output_dir":
             flags.DEFINE_string(name, "/tmp/flaxen_lm", help_text)
+        elif name == "num_train_steps":  # --num_steps, as in the other step-based examples
+            flags.DEFINE_integer("num_steps", default, help_text)
+            flags.DEFINE_integer(name, None, "Deprecated: the old name of --num_steps.")
         elif isinstance(default, bool):
             flags.DEFINE_bool(name, default, help_text)
         elif isinstance(default, int):
@@ -599,8 +602,13 @@ def main(argv: list[str]) -> None:
                                      "old name).")
             logging.warning("--model_dir is deprecated; use --output_dir.")
             FLAGS.output_dir = FLAGS.model_dir
-        args = TrainArgs(**{f.name: getattr(FLAGS, f.name)
-                            for f in dataclasses.fields(TrainArgs)})
+        values = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(TrainArgs)}
+        if values["num_train_steps"] is None:
+            values["num_train_steps"] = FLAGS.num_steps
+        elif FLAGS["num_steps"].present:
+            raise RunConfigError("Give --num_steps only (--num_train_steps is its deprecated "
+                                 "old name).")
+        args = TrainArgs(**values)
         if args.lm1b_dir is not None and not FLAGS["tokenizer"].present:
             args.tokenizer = "sentencepiece"
         result = train_and_evaluate(args)
