@@ -103,9 +103,10 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                                                 DEFAULT_HEARTBEAT_TIMEOUT_S)
     init_timeout = initialization_timeout_s or _timeout("FLAXEN_INIT_TIMEOUT_S",
                                                         DEFAULT_INITIALIZATION_TIMEOUT_S)
+    # The shutdown timeout stays JAX's (300 s): at exit, a process waits that long for the
+    # others, e.g. for process 0 writing plots and samples that the others skip.
     timeouts: dict[str, Any] = dict(heartbeat_timeout_seconds=heartbeat,
-                                    initialization_timeout=init_timeout,
-                                    shutdown_timeout_seconds=heartbeat)
+                                    initialization_timeout=init_timeout)
     if not missing:
         assert num_processes is not None and process_id is not None  # for type checkers
         if not _HOST_PORT.match(str(coordinator_address)):
