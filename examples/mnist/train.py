@@ -377,7 +377,9 @@ def train(train_ds, test_ds, cfg=None):
   first_epoch = int(optimizer.state.step) // steps_per_epoch + 1
   if first_epoch > 1:
     logging.info('Resuming after epoch %d from %s', first_epoch - 1, ckpt_dir)
-  elif not cfg.resume:
+  if cfg.resume:  # a run killed after logging an epoch it did not save logs it again
+    metrics.truncate_events(os.path.join(out, 'tensorboard'), first_epoch - 1)
+  else:
     start_afresh(out)
   history = restore_history(os.path.join(out, 'metrics.jsonl'), first_epoch - 1)
   jsonl = metrics.JsonlWriter(os.path.join(out, 'metrics.jsonl'))
@@ -397,15 +399,17 @@ def train(train_ds, test_ds, cfg=None):
     logging.info('eval epoch: %d, loss: %.4f, accuracy: %.2f',
                  epoch, loss, accuracy * 100)
     epoch_seconds = time.time() - epoch_start  # training and evaluation
-    host_optimizer = optimizer if mesh is None else optimizer.unreplicate()
-    checkpoints.save_checkpoint(ckpt_dir, host_optimizer, epoch, keep=3, overwrite=True)
     row = {'train_loss': train_metrics['loss'], 'train_accuracy': train_metrics['accuracy'],
            'test_loss': loss, 'test_accuracy': accuracy}
     per_step = {f'train_{k}_per_step': v for k, v in train_metrics['per_step'].items()}
+    # Metrics first, then the checkpoint: a checkpoint always has its metrics row (a row
+    # without a checkpoint is dropped on --resume and written again).
     jsonl.write(epoch, {**row, 'epoch_seconds': epoch_seconds, **per_step})
     for k, v in row.items():
       summary_writer.scalar(k, v, epoch)
     history.append({'step': epoch, **{k: float(v) for k, v in row.items()}, **per_step})
+    host_optimizer = optimizer if mesh is None else optimizer.unreplicate()
+    checkpoints.save_checkpoint(ckpt_dir, host_optimizer, epoch, keep=3, overwrite=True)
   jsonl.close()
   summary_writer.close()
   if history and jax.process_index() == 0:

@@ -126,6 +126,12 @@ def test_resume_gives_the_same_result_synthetic(tmp_path):
     assert [s for s, _ in scalars["test_loss"]] == [1, 2]
     assert scalars["test_loss"][1][1] == pytest.approx(rows[1]["test_loss"], rel=1e-6)
     assert (out / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Killed after logging epoch 2 but before saving it: the resumed run logs epoch 2 once.
+    os.remove(out / "checkpoints" / "checkpoint_2")
+    again = train.train(train_ds, test_ds, config(out, num_epochs=2, resume=True))
+    jax.tree.map(np.testing.assert_array_equal, params_of(straight), params_of(again))
+    assert [r["step"] for r in metrics.read_jsonl(out / "metrics.jsonl")] == [1, 2]
+    assert [s for s, _ in metrics.read_scalars(out / "tensorboard")["test_loss"]] == [1, 2]
     # A fresh (non-resumed) run in the same folder starts over.
     train.train(train_ds, test_ds, config(out, num_epochs=1))
     assert [r["step"] for r in metrics.read_jsonl(out / "metrics.jsonl")] == [1]
