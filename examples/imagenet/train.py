@@ -239,6 +239,7 @@ def create_datasets(config: Config) -> tuple[Any, Any, tuple, tuple, tuple[int, 
         raise input_pipeline.DatasetError("--data_dir is required for --dataset=imagenet (the "
                                           "folder holding train/ and val/), or put them in "
                                           "$FLAXEN_DATA/imagenet.")
+    data_dir = os.path.abspath(data_dir)  # errors name the folder in full
     train_folder = input_pipeline.ImageFolder(data_dir, "train")
     val_folder = input_pipeline.ImageFolder(data_dir, "val", train_folder.classes)
     size = config.image_size
@@ -556,6 +557,7 @@ def main(argv: list[str]) -> None:
             logging.warning("--model_dir is deprecated; use --output_dir.")
             output_dir = FLAGS.model_dir
         config = config_from_flags()
+        check_config(config)
         logging.info("Config: %s", config)
         logging.info("Devices: %s", jax.devices())
         result = train_and_evaluate(config, output_dir)
@@ -570,6 +572,26 @@ def main(argv: list[str]) -> None:
               "curves.png")
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag reported as one ``Error:`` line and exit 2."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"Error: {e} (see --helpfull)", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def check_config(config: Config) -> None:
+    """Flag values that cannot work, as a UsageError naming the flag."""
+    for name in ("num_filters", "image_size", "batch_size", "eval_batch_size",
+                 "log_every_steps", "checkpoint_keep"):
+        if getattr(config, name) < 1:
+            raise UsageError(f"--{name}={getattr(config, name)}: expected a whole number >= 1.")
+    if config.num_epochs <= 0 or config.learning_rate <= 0:
+        raise UsageError(f"--num_epochs={config.num_epochs} and --learning_rate="
+                         f"{config.learning_rate} must be > 0.")
+
+
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -609,6 +609,7 @@ def main(argv: list[str]) -> None:
             raise RunConfigError("Give --num_steps only (--num_train_steps is its deprecated "
                                  "old name).")
         args = TrainArgs(**values)
+        check_args(args)
         if args.lm1b_dir is not None and not FLAGS["tokenizer"].present:
             args.tokenizer = "sentencepiece"
         result = train_and_evaluate(args)
@@ -626,8 +627,30 @@ def main(argv: list[str]) -> None:
         print("--- sample ---\n" + result["sample"])
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag reported as one ``Error:`` line and exit 2."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"Error: {e} (see --helpfull)", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def check_args(args: TrainArgs) -> None:
+    """Flag values that cannot work, as a RunConfigError naming the flag."""
+    for name in ("emb_dim", "num_heads", "num_layers", "context", "batch_size",
+                 "num_train_steps", "eval_every", "eval_batch_size", "log_every",
+                 "checkpoint_every", "keep_checkpoints"):
+        if getattr(args, name) < 1:
+            flag = "num_steps" if name == "num_train_steps" else name
+            raise RunConfigError(f"--{flag}={getattr(args, name)}: expected a whole number >= 1.")
+    if args.learning_rate <= 0 or not 0 < args.eval_fraction < 1:
+        raise RunConfigError(f"--learning_rate={args.learning_rate} must be > 0 and "
+                             f"--eval_fraction={args.eval_fraction} between 0 and 1.")
+
+
 if __name__ == "__main__":
     # Flags are defined only when run as a program, so that tests can import this module
     # next to other examples that define flags of the same names.
     _define_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -489,5 +489,14 @@ def main(argv):
     print('\n'.join(summary_lines(loaded, cfg, time.time() - started)), flush=True)
 
 
+def parse_flags(argv):
+  """absl's flag parsing, with a bad flag reported as one ``Error:`` line and exit 2."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    print(f'Error: {e} (see --helpfull)', file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
