@@ -439,7 +439,8 @@ def check_flags(cfg):
 def summary_lines(loaded, cfg, seconds):
   """The end-of-run summary: data used (and why), final accuracy, time, output files."""
   out = os.path.abspath(cfg.output_dir)
-  rows = metrics.read_jsonl(os.path.join(out, 'metrics.jsonl'))
+  path = os.path.join(out, 'metrics.jsonl')
+  rows = metrics.read_jsonl(path) if os.path.exists(path) else []
   last = rows[-1] if rows else {}
   lines = [f'Dataset: {loaded.name} from {loaded.folder} ({len(loaded.train["label"])} train, '
            f'{len(loaded.test["label"])} test examples)']
