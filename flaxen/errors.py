@@ -327,3 +327,7 @@ class CacheError(FlaxenError):
 
 class ScanAxisError(FlaxenError):
     """``jax_utils.scan_in_dim`` was asked to scan over an axis an input does not have."""
+
+
+class DistributedConfigError(FlaxenError):
+    """A multi-process run is configured inconsistently (flags, process counts, batch sizes)."""

@@ -239,10 +239,11 @@ class ImageFolderPipeline:
     """Batches of ``{'image': uint8[B, S, S, 3], 'label': int32[B]}`` from an ImageFolder.
 
     Training batches come from a fresh permutation each epoch (``seed`` and epoch
-    determine it), with the last partial batch dropped; an unreadable image is skipped
-    (counted in ``skipped``) and the next one takes its place. Evaluation batches cover
-    every image once in order; the last batch is padded and carries ``mask`` (float32[B],
-    1 for real images) so metrics can ignore the padding.
+    determine it), with the last partial batch dropped; an unreadable image is counted in
+    ``skipped`` and replaced by the next readable image of its batch. Evaluation batches
+    cover every image once in order; the last batch is padded and carries ``mask``
+    (float32[B], 1 for real images, 0 for padding and unreadable images) so metrics count
+    every readable image exactly once.
     """
 
     def __init__(self, folder: ImageFolder, batch_size: int, image_size: int, train: bool,
@@ -282,53 +283,59 @@ class ImageFolderPipeline:
 
         return decode
 
-    def epoch(self, epoch: int = 0) -> Iterator[Batch]:
-        """The batches of one epoch, decoded in parallel and assembled in order."""
-        n = len(self.folder)
-        if self.train:
-            order = np.random.default_rng((self.seed, epoch)).permutation(n)
-        else:
-            order = np.arange(n)
+    def epoch(self, epoch: int = 0, rows: slice = slice(None)) -> Iterator[Batch]:
+        """The batches of one epoch, decoded in parallel and assembled in order.
+
+        Args:
+          epoch: selects the permutation and the augmentation of a training epoch.
+          rows: the rows of every (global) batch this process reads and returns (see
+            ``flaxen.distributed.local_rows``); by default all of them. The batches do not
+            depend on how they are split: global batch ``k`` is always the images at
+            positions ``k * batch_size ...`` of the epoch's order.
+        """
+        n, b = len(self.folder), self.batch_size
+        order = (np.random.default_rng((self.seed, epoch)).permutation(n) if self.train
+                 else np.arange(n))
+        lo, hi = rows.indices(b)[:2]
         decode = self._decoder(epoch)
-        b, size = self.batch_size, self.image_size
-        images = np.zeros((b, size, size, 3), np.uint8)
-        labels = np.zeros((b,), np.int32)
-        filled = 0
-        emitted = 0
+        steps = self.steps_per_epoch
         with concurrent.futures.ThreadPoolExecutor(self.num_workers) as pool:
-            # Bounded look-ahead: at most a few batches in flight, results in order.
-            window: collections.deque = collections.deque()
-            pos = 0
-            ahead = 2 * b
-            while pos < n or window:
-                while pos < n and len(window) < ahead:
-                    k = int(order[pos])
-                    window.append((k, pool.submit(decode, k)))
-                    pos += 1
-                k, future = window.popleft()
-                image = future.result()
-                if image is None:
-                    continue
-                images[filled] = image
-                labels[filled] = self.folder.labels[k]
-                filled += 1
-                if filled == b:
-                    batch: Batch = {"image": images.copy(), "label": labels.copy()}
-                    if not self.train:
-                        batch["mask"] = np.ones((b,), np.float32)
-                    yield batch
-                    emitted += 1
-                    filled = 0
-                    if self.train and emitted == self.steps_per_epoch:
-                        for _, f in window:
-                            f.cancel()
-                        return
-            if filled and not self.train:
-                mask = np.zeros((b,), np.float32)
-                mask[:filled] = 1.0
-                images[filled:] = 0
-                labels[filled:] = 0
-                yield {"image": images.copy(), "label": labels.copy(), "mask": mask}
+
+            def submit(k: int) -> list:
+                return [(pos, pool.submit(decode, int(order[pos])))
+                        for pos in range(k * b + lo, min(k * b + hi, n))]
+
+            pending = collections.deque(submit(k) for k in range(min(2, steps)))
+            for k in range(steps):
+                futures = pending.popleft()
+                if k + 2 < steps:  # bounded look-ahead: two batches in flight
+                    pending.append(submit(k + 2))
+                images = np.zeros((hi - lo, self.image_size, self.image_size, 3), np.uint8)
+                labels = np.zeros((hi - lo,), np.int32)
+                mask = np.zeros((hi - lo,), np.float32)
+                for i, (pos, future) in enumerate(futures):
+                    image, index = future.result(), int(order[pos])
+                    if image is None and self.train:
+                        image, index = self._replacement(order, k, pos, decode)
+                    if image is not None:
+                        images[i], labels[i], mask[i] = image, self.folder.labels[index], 1.0
+                batch: Batch = {"image": images, "label": labels}
+                if not self.train:
+                    batch["mask"] = mask  # padding and unreadable images count 0
+                yield batch
+
+    def _replacement(self, order: np.ndarray, k: int, pos: int,
+                     decode: Callable[[int], np.ndarray | None]) -> tuple[np.ndarray, int]:
+        """A training image that cannot be read is replaced by the next readable one of the
+        same global batch (wrapping around), whichever process reads it."""
+        b = self.batch_size
+        for d in range(1, b):
+            index = int(order[k * b + (pos - k * b + d) % b])
+            image = decode(index)
+            if image is not None:
+                return image, index
+        raise DatasetError(f"Every image of training batch {k} is unreadable (see the log for "
+                           "their paths); check the data.")
 
 
 # -- Fashion-MNIST (IDX files) ----------------------------------------------------------
@@ -403,28 +410,31 @@ class ArrayPipeline:
         n = len(self.images)
         return n // self.batch_size if self.train else -(-n // self.batch_size)
 
-    def epoch(self, epoch: int = 0) -> Iterator[Batch]:
+    def epoch(self, epoch: int = 0, rows: slice = slice(None)) -> Iterator[Batch]:
+        """One epoch of batches; ``rows``: this process's rows of every global batch."""
         n, b = len(self.images), self.batch_size
         if not self.train:
             for start in range(0, n, b):
                 idx = np.arange(start, min(start + b, n))
                 mask = np.zeros((b,), np.float32)
                 mask[: len(idx)] = 1.0
-                idx = np.pad(idx, (0, b - len(idx)))
-                yield {"image": self.images[idx], "label": self.labels[idx], "mask": mask}
+                idx = np.pad(idx, (0, b - len(idx)))[rows]
+                yield {"image": self.images[idx], "label": self.labels[idx],
+                       "mask": mask[rows]}
             return
         rng = np.random.default_rng((self.seed, epoch))
         order = rng.permutation(n)
         p = self.pad
         for step in range(self.steps_per_epoch):
-            idx = order[step * b: (step + 1) * b]
+            # The augmentation is drawn for the whole global batch, then cut to our rows.
+            dy, dx = (a[rows] for a in rng.integers(0, 2 * p + 1, size=(2, b)))
+            flip = (rng.uniform(size=b) < 0.5)[rows]
+            idx = order[step * b: (step + 1) * b][rows]
             images = self.images[idx]
             h, w = images.shape[1:3]
             padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
-            dy, dx = rng.integers(0, 2 * p + 1, size=(2, b))
-            flip = rng.uniform(size=b) < 0.5
             out = np.empty_like(images)
-            for i in range(b):
+            for i in range(len(idx)):
                 crop = padded[i, dy[i]: dy[i] + h, dx[i]: dx[i] + w]
                 out[i] = crop[:, ::-1] if flip[i] else crop
             yield {"image": out, "label": self.labels[idx]}

@@ -75,7 +75,7 @@ def test_resume_matches_uninterrupted_run(run8, tmp_path):
     os.makedirs(tmp_path / "checkpoints")
     shutil.copy(os.path.join(model_dir, "checkpoints", "checkpoint_1"),
                 tmp_path / "checkpoints" / "checkpoint_1")
-    resumed = train.train_and_evaluate(config, str(tmp_path))
+    resumed = train.train_and_evaluate(dataclasses.replace(config, resume=True), str(tmp_path))
     assert [h["epoch"] for h in resumed["history"]] == [2]
     _assert_trees_close(_params(resumed), _params(result), rtol=1e-6, atol=1e-6)
     _assert_trees_close(jax.device_get(resumed["batch_stats"]),

@@ -1,6 +1,6 @@
 """Samples text from a trained language model (temperature and top-k sampling).
 
-    python -m examples.lm1b.generate --model_dir=/tmp/lm_shakespeare \\
+    python -m examples.lm1b.generate --output_dir=/tmp/lm_shakespeare \\
         --prompt="ROMEO:" --length=300 --temperature=0.8 --top_k=40
 
 The first ``max_len`` tokens (prompt included) are decoded one at a time with the
@@ -144,7 +144,7 @@ def load_run(model_dir: str) -> tuple[models.LMConfig, tok.Tokenizer, Params]:
     cfg_path = os.path.join(model_dir, "config.json")
     if not os.path.exists(cfg_path):
         raise input_pipeline.TextDataError(
-            f"No config.json in --model_dir={model_dir}: not a training run of train.py.")
+            f"No config.json in --output_dir={model_dir}: not a training run of train.py.")
     with open(cfg_path, encoding="utf-8") as f:
         run = json.load(f)
     tokenizer = tok.load(os.path.join(model_dir, "tokenizer.json"))
@@ -161,14 +161,15 @@ def load_run(model_dir: str) -> tuple[models.LMConfig, tok.Tokenizer, Params]:
     ckpt_dir = os.path.join(model_dir, "checkpoints")
     if checkpoints.latest_checkpoint(ckpt_dir) is None:
         raise CheckpointNotFoundError(
-            f"No checkpoint in {ckpt_dir}; train first with train.py --model_dir={model_dir}.")
+            f"No checkpoint in {ckpt_dir}; train first with train.py --output_dir={model_dir}.")
     raw = checkpoints.restore_checkpoint(ckpt_dir, None)
     params, _ = checkpoints.restore_state(template, raw["target"]["params"])
     return config, tokenizer, params
 
 
 def _define_flags() -> None:
-    flags.DEFINE_string("model_dir", None, "A training run of train.py.", required=True)
+    flags.DEFINE_string("output_dir", None, "The --output_dir of a training run of train.py.")
+    flags.DEFINE_string("model_dir", None, "Deprecated: the old name of --output_dir.")
     flags.DEFINE_string("prompt", "\n", "Text to continue.")
     flags.DEFINE_integer("length", 500, "Tokens to generate.")
     flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 for greedy decoding.")
@@ -181,7 +182,10 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
-    config, tokenizer, params = load_run(f.model_dir)
+    run_dir = f.output_dir or f.model_dir
+    if not run_dir:
+        raise app.UsageError("--output_dir (the folder of a train.py run) is required.")
+    config, tokenizer, params = load_run(run_dir)
     ids = tokenizer.encode(f.prompt)
     out = sample(params, config, ids, f.length, jax.random.PRNGKey(f.seed), f.temperature,
                  f.top_k, f.num_samples)

@@ -159,7 +159,7 @@ def check_same_vocab(saved: tok.Tokenizer, new: tok.Tokenizer, where: str) -> No
     raise VocabMismatchError(
         f"The vocabulary does not match the one the model in {where} was trained with "
         f"({detail}). A model can only be resumed or sampled with its own vocabulary: use the "
-        "same --text_file/--lm1b_dir and --tokenizer/--vocab_size, or a new --model_dir."
+        "same --text_file/--lm1b_dir and --tokenizer/--vocab_size, or a new --output_dir."
     )
 
 
@@ -191,14 +191,14 @@ def resolve_tokenizer(kind: str, vocab_size: int, saved: tok.Tokenizer | None,
         raise VocabMismatchError(
             f"The model in {where} was trained with a {saved.kind} vocabulary of "
             f"{saved.vocab_size}, but the flags ask for --tokenizer={kind} with "
-            f"--vocab_size={vocab_size}. Use the same flags to resume, or a new --model_dir."
+            f"--vocab_size={vocab_size}. Use the same flags to resume, or a new --output_dir."
         )
     return saved
 
 
 def load_text_dataset(path: str, tokenizer_kind: str = "char", vocab_size: int = 2000,
                       eval_fraction: float = 0.1, saved: tok.Tokenizer | None = None,
-                      where: str = "--model_dir") -> Dataset:
+                      where: str = "--output_dir") -> Dataset:
     """Reads a plain-text file: the first 90% (by characters) trains, the rest evaluates.
 
     Args:
@@ -228,7 +228,7 @@ def load_lm1b_dataset(lm1b_dir: str, vocab_size: int = 32000,
                       max_train_sentences: int | None = None,
                       max_eval_sentences: int | None = None,
                       spm_sentences: int = 1_000_000, saved: tok.Tokenizer | None = None,
-                      where: str = "--model_dir") -> Dataset:
+                      where: str = "--output_dir") -> Dataset:
     """LM1b with a SentencePiece vocabulary trained on (a sample of) its training text."""
     train_files, heldout = lm1b_files(lm1b_dir)
     train_lines = read_lines(train_files, max_train_sentences)
@@ -258,35 +258,39 @@ def check_lengths(dataset: Dataset, seq_len: int) -> None:
 
 
 def train_batch(stream: np.ndarray, batch_size: int, seq_len: int, seed: int,
-                step: int) -> Batch:
+                step: int, rows: slice = slice(None)) -> Batch:
     """Windows at random offsets, drawn from ``(seed, step)`` only.
+
+    ``rows`` picks this process's rows of the global batch (see ``flaxen.distributed``):
+    every process draws the same ``batch_size`` offsets and reads only its own windows.
 
     Returns:
       ``{'inputs', 'targets'}`` int32 ``[batch_size, seq_len]`` (targets are inputs shifted
       by one token) and ``'weights'`` float32 ones of the same shape.
     """
     rng = np.random.default_rng([seed, step])
-    starts = rng.integers(0, len(stream) - seq_len, size=batch_size)
+    starts = rng.integers(0, len(stream) - seq_len, size=batch_size)[rows]
     windows = stream[starts[:, None] + np.arange(seq_len + 1)]
     return {"inputs": windows[:, :-1], "targets": windows[:, 1:],
-            "weights": np.ones((batch_size, seq_len), np.float32)}
+            "weights": np.ones((len(starts), seq_len), np.float32)}
 
 
 def train_batches(stream: np.ndarray, batch_size: int, seq_len: int, seed: int,
-                  start_step: int = 0) -> Iterator[Batch]:
+                  start_step: int = 0, rows: slice = slice(None)) -> Iterator[Batch]:
     """``train_batch`` for steps ``start_step, start_step + 1, ...``."""
     step = start_step
     while True:
-        yield train_batch(stream, batch_size, seq_len, seed, step)
+        yield train_batch(stream, batch_size, seq_len, seed, step, rows)
         step += 1
 
 
 def eval_batches(stream: np.ndarray, batch_size: int, seq_len: int,
-                 max_batches: int | None = None) -> Iterator[Batch]:
+                 max_batches: int | None = None, rows: slice = slice(None)) -> Iterator[Batch]:
     """The held-out stream once, in consecutive non-overlapping windows.
 
     The last batch is padded with rows of weight 0, so every batch has ``batch_size`` rows
-    (it divides evenly over the devices) and padding does not count in the loss.
+    (it divides evenly over the devices) and padding does not count in the loss. ``rows``
+    picks this process's rows of each batch: together the processes see every window once.
     """
     n = (len(stream) - 1) // seq_len
     inputs = stream[: n * seq_len].reshape(n, seq_len)
@@ -299,4 +303,4 @@ def eval_batches(stream: np.ndarray, batch_size: int, seq_len: int,
         pad = batch_size - len(x)
         if pad:
             x, y, w = (np.concatenate([a, np.zeros((pad, seq_len), a.dtype)]) for a in (x, y, w))
-        yield {"inputs": x, "targets": y, "weights": w}
+        yield {"inputs": x[rows], "targets": y[rows], "weights": w[rows]}

@@ -8,8 +8,8 @@ import pytest
 from examples.lm1b import input_pipeline as ip
 from examples.lm1b import tokenizer as tok
 
-SHAKESPEARE = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data",
-                           "tinyshakespeare.txt")
+_DATA = os.environ.get("FLAXEN_DATA", "")
+SHAKESPEARE = os.path.join(_DATA, "tinyshakespeare.txt") if _DATA else ""
 
 
 def _write(tmp_path, name, data: bytes) -> str:
@@ -153,7 +153,8 @@ def test_lm1b_layout_is_read(tmp_path):
         ip.lm1b_files(str(tmp_path / "empty"))
 
 
-@pytest.mark.skipif(not os.path.exists(SHAKESPEARE), reason="shared data not present")
+@pytest.mark.skipif(not os.path.exists(SHAKESPEARE), reason="Tiny Shakespeare not found: set "
+                    "FLAXEN_DATA to a folder holding tinyshakespeare.txt")
 def test_tiny_shakespeare_char_level():
     ds = ip.load_text_dataset(SHAKESPEARE)
     assert ds.tokenizer.vocab_size == 65

@@ -214,7 +214,7 @@ def load(path: str) -> Tokenizer:
             data = json.load(f)
     except FileNotFoundError:
         raise TokenizerError(f"No tokenizer file at {path!r}; it is written by train.py into "
-                             "--model_dir. Point --model_dir at a training run.") from None
+                             "--output_dir. Point --output_dir at a training run.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise TokenizerError(f"The tokenizer file {path!r} is damaged (not JSON): {e}") from e
     return from_json(data)

@@ -1,29 +1,36 @@
 """Trains a decoder-only Transformer language model on LM1b or any plain-text file.
 
-    # Tiny Shakespeare, character level (the README's run; from the repository root):
-    python -m examples.lm1b.train --text_file=../shared/data/tinyshakespeare.txt \\
-        --model_dir=/tmp/lm_shakespeare
+    # Tiny Shakespeare, character level (the README's run; from the repository root), with
+    # FLAXEN_DATA pointing at a folder holding tinyshakespeare.txt:
+    python -m examples.lm1b.train --output_dir=/tmp/lm_shakespeare
     # LM1b release files, SentencePiece vocabulary trained on the training text:
-    python -m examples.lm1b.train --lm1b_dir=/data/lm1b --model_dir=/tmp/lm1b \\
+    python -m examples.lm1b.train --lm1b_dir=/data/lm1b --output_dir=/tmp/lm1b \\
         --vocab_size=32000 --emb_dim=512 --num_heads=8 --num_layers=6 --context=256
 
-Everything goes to --model_dir: ``checkpoints/``, ``tokenizer.json``, ``config.json``,
+Several processes (one line per host; see docs/multihost.md): add
+``--coordinator_address=HOST0:1234 --num_processes=N --process_id=I``.
+
+Everything goes to --output_dir: ``checkpoints/``, ``tokenizer.json``, ``config.json``,
 TensorBoard event files, ``metrics.jsonl`` (plain metrics, one JSON object per line),
 ``curves.png`` (training and held-out loss) and ``sample.txt``. ``--resume`` continues
 from the last checkpoint; the batches of step ``s`` depend only on ``(seed, s)``, so a
 resumed run sees the data an uninterrupted one would.
 
-Data parallel: the optimizer is replicated over all devices (``optimizer.replicate()``)
-and each batch is split over them (``parallel.shard_batch``); one ``jax.jit`` step.
+Data parallel: the optimizer is replicated over all devices of all processes
+(``optimizer.replicate()``) and each global batch is split over them
+(``parallel.shard_batch``); one ``jax.jit`` step. Each process draws the same window offsets
+for a step and reads only its own rows; process 0 writes every file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, cast
 
@@ -33,7 +40,7 @@ import numpy as np
 from absl import app, flags, logging
 from tqdm import tqdm
 
-from flaxen import metrics, nn, optim, parallel
+from flaxen import distributed, metrics, nn, optim, parallel
 from flaxen.errors import FlaxenError
 from flaxen.training import checkpoints
 
@@ -48,14 +55,15 @@ except ImportError:  # as a script, `python examples/lm1b/train.py`, or in a for
 
 
 class RunConfigError(FlaxenError):
-    """--resume with flags that do not match the run in --model_dir."""
+    """--resume with flags that do not match the run in --output_dir."""
 
 
 @dataclasses.dataclass
 class TrainArgs:
     """Everything a training run needs (the flags, as a plain object for tests)."""
 
-    model_dir: str
+    output_dir: str
+    data_dir: str = ""  # "": $FLAXEN_DATA
     text_file: str | None = None
     lm1b_dir: str | None = None
     tokenizer: str = "char"
@@ -214,8 +222,9 @@ def eval_step(model: nn.Model, batch: dict[str, jax.Array]) -> tuple[jax.Array, 
 def evaluate(model: nn.Model, stream: np.ndarray, args: TrainArgs) -> dict[str, float]:
     """Mean loss (nats per token) and perplexity over the held-out stream."""
     loss_sum, weight_sum = 0.0, 0.0
+    rows = distributed.local_rows(args.eval_batch_size, parallel.default_mesh())
     for batch in input_pipeline.eval_batches(stream, args.eval_batch_size, args.context,
-                                             args.eval_batches or None):
+                                             args.eval_batches or None, rows):
         ls, ws = eval_step(model, parallel.shard_batch(batch))
         loss_sum += float(ls)
         weight_sum += float(ws)
@@ -226,12 +235,38 @@ def evaluate(model: nn.Model, stream: np.ndarray, args: TrainArgs) -> dict[str, 
 # -- Run directory --------------------------------------------------------------------------
 
 
+DEFAULT_TEXT = "tinyshakespeare.txt"
+
+
+def text_file_path(args: TrainArgs) -> str | None:
+    """The text to train on: ``--text_file`` (a relative name is looked up in the current
+    folder, then in ``--data_dir``), or ``DATA_DIR/tinyshakespeare.txt`` when neither
+    ``--text_file`` nor ``--lm1b_dir`` is given; ``--data_dir`` defaults to ``$FLAXEN_DATA``."""
+    data_dir = args.data_dir or os.environ.get("FLAXEN_DATA", "")
+    if args.text_file is None:
+        if args.lm1b_dir is not None:
+            return None
+        if data_dir and os.path.isfile(os.path.join(data_dir, DEFAULT_TEXT)):
+            return os.path.abspath(os.path.join(data_dir, DEFAULT_TEXT))
+        where = (f"--data_dir={os.path.abspath(data_dir)} holds no {DEFAULT_TEXT}" if data_dir
+                 else "neither --data_dir nor FLAXEN_DATA is set")
+        raise input_pipeline.TextDataError(
+            f"No training text: give --text_file=FILE (any UTF-8 text) or --lm1b_dir=DIR, or "
+            f"point --data_dir (or FLAXEN_DATA) at a folder holding {DEFAULT_TEXT} ({where}).")
+    if not os.path.isabs(args.text_file) and not os.path.exists(args.text_file) and data_dir:
+        candidate = os.path.join(data_dir, args.text_file)
+        if os.path.exists(candidate):
+            return os.path.abspath(candidate)
+    return os.path.abspath(args.text_file)
+
+
 def load_dataset(args: TrainArgs, saved: tok.Tokenizer | None) -> input_pipeline.Dataset:
-    where = f"--model_dir={args.model_dir}"
-    if (args.text_file is None) == (args.lm1b_dir is None):
-        raise input_pipeline.TextDataError("Give exactly one of --text_file and --lm1b_dir.")
-    if args.text_file is not None:
-        return input_pipeline.load_text_dataset(args.text_file, args.tokenizer, args.vocab_size,
+    where = f"--output_dir={args.output_dir}"
+    if args.text_file is not None and args.lm1b_dir is not None:
+        raise input_pipeline.TextDataError("Give only one of --text_file and --lm1b_dir.")
+    text_file = text_file_path(args)
+    if text_file is not None:
+        return input_pipeline.load_text_dataset(text_file, args.tokenizer, args.vocab_size,
                                                 args.eval_fraction, saved, where)
     return input_pipeline.load_lm1b_dataset(args.lm1b_dir or "", args.vocab_size,
                                             args.max_train_sentences, saved=saved, where=where)
@@ -246,14 +281,14 @@ def check_run_config(path: str, config: models.LMConfig, tokenizer: tok.Tokenize
             f"{path} was trained with vocabulary {saved.get('tokenizer_fingerprint')} "
             f"({saved.get('model', {}).get('vocab_size')} tokens), but the tokenizer now has "
             f"{tokenizer.fingerprint()} ({tokenizer.vocab_size} tokens). Resume with the "
-            "tokenizer.json of that run and the same data, or use a new --model_dir.")
+            "tokenizer.json of that run and the same data, or use a new --output_dir.")
     now = config.to_json()
     diff = {k: (saved["model"].get(k), v) for k, v in now.items() if saved["model"].get(k) != v}
     if diff:
         listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in
                            ((k, *ab) for k, ab in sorted(diff.items())))
         raise RunConfigError(f"--resume: the flags describe another model than the one in "
-                             f"{path} ({listed}). Use the same flags, or a new --model_dir.")
+                             f"{path} ({listed}). Use the same flags, or a new --output_dir.")
 
 
 def write_json(path: str, data: dict) -> None:
@@ -263,7 +298,7 @@ def write_json(path: str, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def plot_curves(jsonl_path: str, out_path: str) -> None:
+def plot_curves(jsonl_path: str, out_path: str, title: str = "Language model") -> None:
     """Training and held-out loss against step, from ``metrics.jsonl``."""
     import matplotlib
 
@@ -278,6 +313,7 @@ def plot_curves(jsonl_path: str, out_path: str) -> None:
             ax.plot(*zip(*pts), label=label, marker="o" if key == "eval_loss" else None)
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats per token)")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -297,16 +333,27 @@ def train_and_evaluate(args: TrainArgs) -> dict[str, Any]:
       RunConfigError: checkpoints exist without ``resume``, or ``resume`` with other flags.
       ContextLengthError: ``context`` is longer than the position table ``max_len``.
     """
-    os.makedirs(args.model_dir, exist_ok=True)
-    ckpt_dir = os.path.join(args.model_dir, "checkpoints")
-    tok_path = os.path.join(args.model_dir, "tokenizer.json")
-    cfg_path = os.path.join(args.model_dir, "config.json")
-    if checkpoints.latest_checkpoint(ckpt_dir) is not None and not args.resume:
-        raise RunConfigError(f"--model_dir={args.model_dir} already holds checkpoints; pass "
-                             "--resume to continue that run, or choose a new --model_dir.")
+    os.makedirs(args.output_dir, exist_ok=True)
+    ckpt_dir = os.path.join(args.output_dir, "checkpoints")
+    tok_path = os.path.join(args.output_dir, "tokenizer.json")
+    cfg_path = os.path.join(args.output_dir, "config.json")
+    main_process = jax.process_index() == 0
+    if not args.resume:
+        start_afresh(args.output_dir)
     saved_tok = tok.load(tok_path) if args.resume and os.path.exists(tok_path) else None
 
-    dataset = load_dataset(args, saved_tok)
+    if jax.process_count() > 1 and saved_tok is None:
+        # One vocabulary for all: process 0 builds it, the others read it.
+        from jax.experimental import multihost_utils
+
+        dataset = load_dataset(args, None) if main_process else None
+        if dataset is not None:
+            tok.save(dataset.tokenizer, tok_path)
+        multihost_utils.sync_global_devices("lm1b: tokenizer.json written")
+        if dataset is None:
+            dataset = load_dataset(args, tok.load(tok_path))
+    else:
+        dataset = load_dataset(args, saved_tok)
     tokenizer = dataset.tokenizer
     config = model_config(args, tokenizer.vocab_size)
     if args.context > config.max_len:
@@ -316,24 +363,28 @@ def train_and_evaluate(args: TrainArgs) -> dict[str, Any]:
     input_pipeline.check_lengths(dataset, args.context)
     if args.resume and os.path.exists(cfg_path):
         check_run_config(cfg_path, config, tokenizer)
-    tok.save(tokenizer, tok_path)
-    write_json(cfg_path, {"model": config.to_json(), "context": args.context,
-                          "tokenizer_fingerprint": tokenizer.fingerprint(),
-                          "data": dataset.source})
+    if main_process:
+        tok.save(tokenizer, tok_path)
+        write_json(cfg_path, {"model": config.to_json(), "context": args.context,
+                              "tokenizer_fingerprint": tokenizer.fingerprint(),
+                              "data": dataset.source})
 
     init_rng, dropout_rng, sample_rng = jax.random.split(jax.random.PRNGKey(args.seed), 3)
     optimizer = create_optimizer(config, args, init_rng)
     if args.resume:
         optimizer = checkpoints.restore_checkpoint(ckpt_dir, optimizer)
     start = int(optimizer.state.step)
+    # A run killed after its last checkpoint logged steps that this run logs again.
+    metrics.truncate_jsonl(os.path.join(args.output_dir, "metrics.jsonl"), start)
+    metrics.truncate_events(args.output_dir, start)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(optimizer.target.params))
     logging.info("%d parameters; %d train / %d held-out tokens; vocabulary %d; from step %d",
                  n_params, len(dataset.train), len(dataset.eval), tokenizer.vocab_size, start)
     result: dict[str, Any] = {"start_step": start, "num_params": n_params,
                               "vocab_size": tokenizer.vocab_size,
                               "devices": jax.device_count()}
-    with metrics.SummaryWriter(args.model_dir) as tb, \
-            metrics.JsonlWriter(os.path.join(args.model_dir, "metrics.jsonl")) as plain:
+    with metrics.SummaryWriter(args.output_dir) as tb, \
+            metrics.JsonlWriter(os.path.join(args.output_dir, "metrics.jsonl")) as plain:
         def log(step: int, row: dict[str, float]) -> None:
             for k, v in row.items():
                 tb.scalar(k, v, step)
@@ -344,19 +395,33 @@ def train_and_evaluate(args: TrainArgs) -> dict[str, Any]:
                                 start, log, result)
         if result["final_step"] == start:  # nothing to train: still report the held-out loss
             result.update(evaluate(optimizer.target, dataset.eval, args))
-        if args.sample_length > 0:
+        if args.sample_length > 0 and main_process:
             params = optimizer.unreplicate().target.params
             text = generate.sample_text(params, config, tokenizer, args.prompt,
                                         args.sample_length, sample_rng, args.temperature,
                                         args.top_k)
             result["sample"] = text
-            with open(os.path.join(args.model_dir, "sample.txt"), "w", encoding="utf-8") as f:
+            with open(os.path.join(args.output_dir, "sample.txt"), "w", encoding="utf-8") as f:
                 f.write(text)
             tb.text("sample", text, result["final_step"])
-    if args.plot:
-        plot_curves(os.path.join(args.model_dir, "metrics.jsonl"),
-                    os.path.join(args.model_dir, "curves.png"))
+    if args.plot and main_process:
+        plot_curves(os.path.join(args.output_dir, "metrics.jsonl"),
+                    os.path.join(args.output_dir, "curves.png"),
+                    f"Transformer LM ({n_params:,} parameters) on "
+                    f"{os.path.basename(dataset.source)}: loss per step")
     return result
+
+
+def start_afresh(output_dir: str) -> None:
+    """Removes the files of an earlier run in ``output_dir`` (process 0): without --resume a
+    run starts over, and its checkpoints and curves must not mix with the old ones."""
+    if jax.process_index() != 0:
+        return
+    for pattern in ("checkpoints/checkpoint_*", "events.out.tfevents.*", "metrics.jsonl",
+                    "curves.png", "sample.txt"):
+        for path in glob.glob(os.path.join(output_dir, pattern)):
+            logging.info("Starting afresh: removing %s (pass --resume to continue a run).", path)
+            os.remove(path)
 
 
 def _train_loop(optimizer: optim.Optimizer, dataset: input_pipeline.Dataset, args: TrainArgs,
@@ -371,14 +436,16 @@ def _train_loop(optimizer: optim.Optimizer, dataset: input_pipeline.Dataset, arg
     end = min(args.stop_at_step or args.num_train_steps, args.num_train_steps)
     schedule = (args.learning_rate, args.warmup_steps, args.num_train_steps,
                 args.min_learning_rate)
+    rows = distributed.local_rows(args.batch_size, parallel.default_mesh())
     batches = input_pipeline.train_batches(dataset.train, args.batch_size, args.context,
-                                           args.seed, start)
+                                           args.seed, start, rows)
     pending: list[dict] = []
     t_start = time.perf_counter()
     t_first = None  # when the first (compiling) step finished
     t_aside = 0.0  # seconds spent outside training steps after that
     bar = tqdm(range(start, end), initial=start, total=args.num_train_steps,
-               disable=not args.progress, desc="train", unit="step")
+               disable=not (args.progress and jax.process_index() == 0), desc="train",
+               unit="step")
     for step in bar:
         batch = parallel.shard_batch(next(batches))
         optimizer, m = train_step(optimizer, batch, dropout_rng, schedule, args.grad_clip)
@@ -426,29 +493,78 @@ def _train_loop(optimizer: optim.Optimizer, dataset: input_pipeline.Dataset, arg
 # -- Command line -----------------------------------------------------------------------------
 
 _HELP = {
-    "model_dir": "Where checkpoints, tokenizer, metrics, TensorBoard events and plots go.",
-    "text_file": "Train on this plain UTF-8 text file (first 90% trains, the rest evaluates).",
-    "lm1b_dir": "The extracted LM1b release (see README.md).",
+    "output_dir": "Where checkpoints, tokenizer.json, config.json, metrics.jsonl, TensorBoard "
+                  "events, curves.png and sample.txt go.",
+    "data_dir": "Folder in which a relative --text_file (default tinyshakespeare.txt) is "
+                "looked up; default $FLAXEN_DATA.",
+    "text_file": "Train on this plain UTF-8 text file (first 90% trains, the rest evaluates). "
+                 "Default: tinyshakespeare.txt in --data_dir.",
+    "lm1b_dir": "The extracted LM1b release (see README.md); instead of --text_file.",
     "tokenizer": "char (one token per character) or sentencepiece (trained on the training "
                  "text). LM1b always uses sentencepiece.",
-    "vocab_size": "SentencePiece vocabulary size.",
+    "vocab_size": "SentencePiece vocabulary size (ignored by the char tokenizer).",
+    "eval_fraction": "Share of the text, at its end, held out for evaluation.",
+    "emb_dim": "Width of the token embeddings and of every layer.",
+    "num_heads": "Attention heads per layer (must divide --emb_dim).",
+    "num_layers": "Number of Transformer blocks.",
+    "mlp_dim": "Hidden width of each feed-forward block (0: 4 x --emb_dim).",
     "context": "Tokens per training sequence.",
     "max_len": "Rows of the position table (0: --context).",
+    "position": "Position encoding: learned or sinusoidal.",
+    "tied_embeddings": "Use the input embedding matrix as the output projection.",
+    "dropout_rate": "Dropout after attention and feed-forward blocks (0: off).",
+    "attention_dropout_rate": "Dropout on the attention weights (0: off).",
     "dtype": "Computation dtype: float32 or bfloat16 (params stay float32).",
-    "resume": "Continue from the last checkpoint in --model_dir.",
+    "batch_size": "Global batch: sequences per step over all devices of all processes (a "
+                  "multiple of the number of devices).",
+    "num_train_steps": "Training steps in total; the learning-rate schedule spans them.",
+    "learning_rate": "Peak learning rate of AdamW (after the warm-up).",
+    "min_learning_rate": "Learning rate at the end of the cosine decay.",
+    "warmup_steps": "Steps of linear warm-up from 0 to --learning_rate.",
+    "weight_decay": "Decoupled weight decay on matrices (not on biases and norms).",
+    "beta1": "Adam's decay rate of the first moment.",
+    "beta2": "Adam's decay rate of the second moment.",
+    "grad_clip": "Clip gradients to this global norm (0: off).",
+    "seed": "Seed of the initialisation, the batches (per step) and dropout.",
+    "eval_every": "Evaluate on the held-out text every this many steps (and at the end).",
+    "eval_batch_size": "Global batch of the evaluation (a multiple of the number of devices).",
+    "eval_batches": "Evaluate on only this many batches (0: the whole held-out text).",
+    "log_every": "Write training metrics every this many steps.",
+    "checkpoint_every": "Save a checkpoint every this many steps (and at the end).",
+    "keep_checkpoints": "How many of the latest checkpoints to keep.",
+    "resume": "Continue the run in --output_dir from its last checkpoint (same configuration; "
+              "otherwise an error). Without it, a run starts afresh and replaces that run.",
+    "stop_at_step": "Stop at this step (0: --num_train_steps); continue later with --resume.",
+    "progress": "Show a progress bar (process 0 only).",
+    "plot": "Write curves.png at the end.",
+    "sample_length": "Tokens to sample from the model at the end (0: none).",
+    "prompt": "Text the end-of-run sample continues.",
+    "temperature": "Softmax temperature of the sample (0: greedy).",
+    "top_k": "Sample among the k most likely tokens (0: all).",
+}
+
+_DISTRIBUTED_HELP = {
+    "coordinator_address": "Several processes: HOST:PORT of process 0, the same on every "
+                           "process. Give it with --num_processes and --process_id, or none "
+                           "of the three (one process, or a launcher JAX detects, e.g. SLURM).",
+    "num_processes": "Several processes: how many take part (see --coordinator_address).",
+    "process_id": "Several processes: this one, 0..num_processes-1.",
 }
 
 
 def _define_flags() -> None:
     for field in dataclasses.fields(TrainArgs):
         name, default = field.name, cast(Any, field.default)
-        help_text = _HELP.get(name, name.replace("_", " ") + ".")
+        help_text = _HELP.get(name, "")
         if name == "max_train_sentences":
             flags.DEFINE_integer(name, None, "LM1b: use only the first N training sentences.")
         elif name in ("text_file", "lm1b_dir"):
             flags.DEFINE_string(name, None, help_text)
-        elif name == "model_dir":
-            flags.DEFINE_string(name, None, help_text, required=True)
+        elif name == "output_dir":
+            flags.DEFINE_string(name, "/tmp/flaxen_lm", help_text)
+        elif name == "num_train_steps":  # --num_steps, as in the other step-based examples
+            flags.DEFINE_integer("num_steps", default, help_text)
+            flags.DEFINE_integer(name, None, "Deprecated: the old name of --num_steps.")
         elif isinstance(default, bool):
             flags.DEFINE_bool(name, default, help_text)
         elif isinstance(default, int):
@@ -457,24 +573,84 @@ def _define_flags() -> None:
             flags.DEFINE_float(name, default, help_text)
         else:
             flags.DEFINE_string(name, default, help_text)
+    flags.DEFINE_string("model_dir", None, "Deprecated: the old name of --output_dir.")
+    flags.DEFINE_string("coordinator_address", None, _DISTRIBUTED_HELP["coordinator_address"])
+    flags.DEFINE_integer("num_processes", None, _DISTRIBUTED_HELP["num_processes"])
+    flags.DEFINE_integer("process_id", None, _DISTRIBUTED_HELP["process_id"])
+
+
+def fail(message: object) -> None:
+    """A user error: one ``Error:`` line on stderr and exit status 2, no traceback."""
+    logging.flush()
+    print(f"Error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        fail(f"unexpected arguments: {argv[1:]} (flags are spelled --name=value).")
     FLAGS = flags.FLAGS
-    args = TrainArgs(**{f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(TrainArgs)})
-    if args.lm1b_dir is not None and not FLAGS["tokenizer"].present:
-        args.tokenizer = "sentencepiece"
-    result = train_and_evaluate(args)
+    try:
+        # Before anything touches a device.
+        distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                               FLAGS.process_id)
+        if jax.process_index() != 0:  # errors and warnings only; process 0 logs the run
+            logging.set_verbosity(logging.WARNING)
+        if FLAGS.model_dir is not None:
+            if FLAGS["output_dir"].present:
+                raise RunConfigError("Give --output_dir only (--model_dir is its deprecated "
+                                     "old name).")
+            logging.warning("--model_dir is deprecated; use --output_dir.")
+            FLAGS.output_dir = FLAGS.model_dir
+        values = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(TrainArgs)}
+        if values["num_train_steps"] is None:
+            values["num_train_steps"] = FLAGS.num_steps
+        elif FLAGS["num_steps"].present:
+            raise RunConfigError("Give --num_steps only (--num_train_steps is its deprecated "
+                                 "old name).")
+        args = TrainArgs(**values)
+        check_args(args)
+        if args.lm1b_dir is not None and not FLAGS["tokenizer"].present:
+            args.tokenizer = "sentencepiece"
+        result = train_and_evaluate(args)
+    except (FlaxenError, OSError) as e:  # data, flags, resume, files: the user can fix these
+        fail(e)
+    if jax.process_index() != 0:
+        return
     summary = {k: v for k, v in result.items() if k != "sample"}
+    out = os.path.abspath(args.output_dir)
+    summary["outputs"] = {name: os.path.join(out, name) for name in (
+        "checkpoints", "config.json", "tokenizer.json", "metrics.jsonl", "curves.png",
+        "sample.txt") if os.path.exists(os.path.join(out, name))}
     print(json.dumps(summary, indent=1))
     if "sample" in result:
         print("--- sample ---\n" + result["sample"])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag reported as one ``Error:`` line and exit 2."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"Error: {e} (see --helpfull)", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def check_args(args: TrainArgs) -> None:
+    """Flag values that cannot work, as a RunConfigError naming the flag."""
+    for name in ("emb_dim", "num_heads", "num_layers", "context", "batch_size",
+                 "num_train_steps", "eval_every", "eval_batch_size", "log_every",
+                 "checkpoint_every", "keep_checkpoints"):
+        if getattr(args, name) < 1:
+            flag = "num_steps" if name == "num_train_steps" else name
+            raise RunConfigError(f"--{flag}={getattr(args, name)}: expected a whole number >= 1.")
+    if args.learning_rate <= 0 or not 0 < args.eval_fraction < 1:
+        raise RunConfigError(f"--learning_rate={args.learning_rate} must be > 0 and "
+                             f"--eval_fraction={args.eval_fraction} between 0 and 1.")
 
 
 if __name__ == "__main__":
     # Flags are defined only when run as a program, so that tests can import this module
     # next to other examples that define flags of the same names.
     _define_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

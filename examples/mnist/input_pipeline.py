@@ -340,24 +340,60 @@ def load_dataset(spec: DatasetSpec, folder: Path, *, require_checksum: bool,
     return split("train", num_train_examples), split("test")
 
 
-def get_datasets(dataset: str = "mnist", data_dir: str | None = None,
-                 num_train_examples: int | None = None, allow_fallback: bool = False,
-                 cache_dir: str | None = None) -> tuple[dict, dict, str]:
-    """Loads MNIST or Fashion-MNIST into memory.
+GET_FASHION_MNIST = "apt-get install dataset-fashion-mnist"
+
+
+@dataclasses.dataclass
+class Loaded:
+    """The data a run uses and where it came from (for the end-of-run summary)."""
+
+    train: dict
+    test: dict
+    name: str  # the dataset actually loaded: mnist, fashion_mnist or idx
+    folder: Path  # where its files are
+    note: str = ""  # why it is not the dataset asked for, if it is not
+
+
+def fashion_mnist_dirs() -> list[Path]:
+    """Where an installed Fashion-MNIST is looked for: ``$FLAXEN_DATA/fashion-mnist``, then
+    the Debian package's standard location ``/usr/share/datasets/fashion-mnist``."""
+    dirs = []
+    if os.environ.get("FLAXEN_DATA"):
+        dirs.append(Path(os.environ["FLAXEN_DATA"]) / "fashion-mnist")
+    dirs.append(Path(FASHION_MNIST_SYSTEM_DIR))
+    return dirs
+
+
+def find_fashion_mnist() -> Path | None:
+    """The first folder of :func:`fashion_mnist_dirs` that holds all four files, or None."""
+    return next((d for d in fashion_mnist_dirs() if not missing_files(FASHION_MNIST, d)), None)
+
+
+def load(dataset: str = "mnist", data_dir: str | None = None,
+         num_train_examples: int | None = None, allow_fallback: bool = False,
+         cache_dir: str | None = None) -> Loaded:
+    """Finds and loads MNIST or Fashion-MNIST into memory.
+
+    Where the files come from:
+
+    * ``data_dir`` when given (no download);
+    * mnist: ``$FLAXEN_DATA/mnist`` when it holds all four files, else the download cache
+      (downloading what is missing);
+    * fashion_mnist: ``$FLAXEN_DATA/fashion-mnist``, ``/usr/share/datasets/fashion-mnist``
+      (the Debian package ``dataset-fashion-mnist``), else the download cache.
 
     Args:
-      dataset: ``'mnist'`` or ``'fashion_mnist'``.
+      dataset: ``'mnist'``, ``'fashion_mnist'`` or ``'idx'`` (any four IDX files in
+        ``data_dir``).
       data_dir: a local folder with the four IDX files; no download then.
       num_train_examples: keep only the first N training examples (quick runs).
-      allow_fallback: when MNIST is neither cached nor downloadable, use the locally installed
-        Fashion-MNIST (``/usr/share/datasets/fashion-mnist``) instead of failing, with a warning.
+      allow_fallback: when MNIST is neither found nor downloadable, use an installed
+        Fashion-MNIST instead of failing, and say why in ``Loaded.note``.
       cache_dir: the download cache (default ``$FLAXEN_DATA_CACHE`` or ``~/.cache/flaxen``).
 
-    Returns:
-      ``(train_ds, test_ds, name)`` where ``name`` is the dataset actually loaded.
-
     Raises:
-      DataError: unknown dataset, missing or damaged files.
+      DataError: unknown dataset, missing or damaged files (a one-line message that says how
+        to get the data).
     """
     if dataset not in DATASETS:
         raise DataError(f"Unknown --dataset {dataset!r}; expected one of {sorted(DATASETS)}.")
@@ -365,25 +401,49 @@ def get_datasets(dataset: str = "mnist", data_dir: str | None = None,
     if dataset == "idx" and not data_dir:
         raise DataError("--dataset=idx reads the four IDX files in --data_dir; pass --data_dir.")
     if data_dir:
-        train, test = load_dataset(spec, Path(data_dir), require_checksum=False,
+        folder = Path(data_dir).resolve()
+        train, test = load_dataset(spec, folder, require_checksum=False,
                                    num_train_examples=num_train_examples)
-        return train, test, dataset
+        return Loaded(train, test, dataset, folder)
+    local = (find_fashion_mnist() if dataset == "fashion_mnist" else
+             Path(os.environ["FLAXEN_DATA"]) / "mnist" if os.environ.get("FLAXEN_DATA") else None)
+    if local is not None and not missing_files(spec, local):
+        train, test = load_dataset(spec, local, require_checksum=False,
+                                   num_train_examples=num_train_examples)
+        return Loaded(train, test, dataset, local)
     folder = Path(cache_dir) if cache_dir else default_cache_dir(spec.name)
     try:
         ensure_downloaded(spec, folder)
     except DataError as e:
-        system = Path(FASHION_MNIST_SYSTEM_DIR)
-        if not (allow_fallback and dataset == "mnist" and not missing_files(FASHION_MNIST, system)):
+        if not (allow_fallback and dataset == "mnist"):
             raise
-        logging.warning("%s", e)
-        logging.warning(
-            "MNIST is not available here, so this run trains on the locally installed "
-            "Fashion-MNIST from %s instead. Pass --dataset=mnist explicitly to make this an "
-            "error, --data_dir=DIR to use your own MNIST files, or --dataset=fashion_mnist to "
-            "silence this warning.", system)
-        train, test = load_dataset(FASHION_MNIST, system, require_checksum=False,
+        fashion = find_fashion_mnist()
+        if fashion is None:
+            where = " or ".join(str(d) for d in fashion_mnist_dirs())
+            raise DataError(
+                f"MNIST is not in {folder} and could not be downloaded (no internet?), and "
+                f"no Fashion-MNIST is installed in {where}. Install it with "
+                f"`{GET_FASHION_MNIST}` (Debian/Ubuntu; then run this command again), or "
+                "pass --data_dir=DIR with the four MNIST IDX files.") from e
+        note = (f"MNIST is not in {folder} and could not be downloaded (no internet?), so "
+                f"this run trains on the installed Fashion-MNIST from {fashion}. Pass "
+                "--dataset=fashion_mnist to choose it, or --data_dir=DIR for your own MNIST.")
+        logging.warning("%s", note)
+        train, test = load_dataset(FASHION_MNIST, fashion, require_checksum=False,
                                    num_train_examples=num_train_examples)
-        return train, test, "fashion_mnist"
+        return Loaded(train, test, "fashion_mnist", fashion, note)
     train, test = load_dataset(spec, folder, require_checksum=True,
                                num_train_examples=num_train_examples)
-    return train, test, dataset
+    return Loaded(train, test, dataset, folder)
+
+
+def get_datasets(dataset: str = "mnist", data_dir: str | None = None,
+                 num_train_examples: int | None = None, allow_fallback: bool = False,
+                 cache_dir: str | None = None) -> tuple[dict, dict, str]:
+    """:func:`load` as ``(train_ds, test_ds, name of the dataset actually loaded)``.
+
+    ``train_ds`` and ``test_ds`` are dicts with ``'image'``: float32 ``(N, 28, 28, 1)`` in
+    [0, 1] and ``'label'``: int32 ``(N,)``.
+    """
+    loaded = load(dataset, data_dir, num_train_examples, allow_fallback, cache_dir)
+    return loaded.train, loaded.test, loaded.name

@@ -2,6 +2,7 @@
 
 import dataclasses
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -10,10 +11,12 @@ import pytest
 
 from examples.mnist import input_pipeline as ip
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED_MNIST = next((p for p in (REPO.parent / "shared/data/mnist-t10k",
-                                 Path("/work/shared/data/mnist-t10k")) if p.is_dir()), None)
-needs_shared = pytest.mark.skipif(SHARED_MNIST is None, reason="real MNIST test digits absent")
+_DATA = os.environ.get("FLAXEN_DATA")
+SHARED_MNIST = (Path(_DATA) / "mnist-t10k" if _DATA and (Path(_DATA) / "mnist-t10k").is_dir()
+                else None)
+needs_shared = pytest.mark.skipif(
+    SHARED_MNIST is None, reason="real MNIST test digits not found: set FLAXEN_DATA to a folder "
+    "holding mnist-t10k/")
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

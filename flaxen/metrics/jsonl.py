@@ -1,7 +1,8 @@
 """A JSON-lines metrics writer: one JSON object per line, readable with any tool.
 
 Each call to :meth:`JsonlWriter.write` appends ``{"step": ..., "wall_time": ..., **metrics}``.
-The file is opened in append mode, so a resumed run continues the same file.
+The file is opened in append mode, so a resumed run continues the same file. In a
+multi-process run only process 0 writes (see ``all_processes``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from flaxen.errors import FlaxenError
+from flaxen.metrics._process import writes_here
 
 
 class MetricsFileError(FlaxenError):
@@ -37,19 +39,28 @@ class JsonlWriter:
 
     Args:
       path: the ``.jsonl`` file (its folder is created if needed).
+      all_processes: write on every process. By default only process 0 of a multi-process
+        run (``jax.process_index() == 0``) writes; elsewhere the writer is a no-op that
+        creates no file, so a script run on every host writes one file, not one per host.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, all_processes: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: TextIO | None = open(self.path, "a", encoding="utf-8")  # closed in close()
+        self.active = writes_here(all_processes)
+        self._closed = False
+        self._file: TextIO | None = None
+        if self.active:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")  # closed in close()
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Writes ``metrics`` (numbers, NumPy or JAX scalars or arrays) at ``step``."""
-        if self._file is None:
+        if self._closed:
             raise MetricsFileError(f"JsonlWriter for {self.path} is closed.")
         row = {"step": int(step), "wall_time": time.time()}
         row.update({k: _to_json(k, v) for k, v in metrics.items()})
+        if self._file is None:  # not the writing process
+            return
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
 
@@ -62,6 +73,7 @@ class JsonlWriter:
             self._file.flush()
 
     def close(self) -> None:
+        self._closed = True
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -40,6 +40,7 @@ from jax.typing import ArrayLike
 from flaxen.errors import FlaxenError
 from flaxen.metrics import protobuf as pb
 from flaxen.metrics import tfrecord
+from flaxen.metrics._process import writes_here
 
 _DT_STRING = 7
 _instance_counter = 0
@@ -86,24 +87,33 @@ class SummaryWriter:
     Args:
       log_dir: folder for the event file (created if needed). Point ``tensorboard --logdir``
         at it or at a parent folder.
+      all_processes: write on every process. By default only process 0 of a multi-process
+        run (``jax.process_index() == 0``) writes; elsewhere the writer is a no-op that
+        creates no file (values are still checked, so a bad value fails on every process).
     """
 
-    def __init__(self, log_dir: str | os.PathLike):
+    def __init__(self, log_dir: str | os.PathLike, *, all_processes: bool = False):
         global _instance_counter
         _instance_counter += 1
         self.log_dir = Path(log_dir)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.active = writes_here(all_processes)
+        self._closed = False
         name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
                 f"{os.getpid()}.{_instance_counter}")
         self.path = self.log_dir / name
-        self._file: BinaryIO | None = open(self.path, "wb")  # closed in close()
-        self._write_event(pb.bytes_field(3, "brain.Event:2"), step=None)
+        self._file: BinaryIO | None = None
+        if self.active:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "wb")  # closed in close()
+            self._write_event(pb.bytes_field(3, "brain.Event:2"), step=None)
 
     # -- plumbing --------------------------------------------------------------------------
 
     def _write_event(self, payload: bytes, step: int | None) -> None:
-        if self._file is None:
+        if self._closed:
             raise SummaryError(f"SummaryWriter for {self.log_dir} is closed.")
+        if self._file is None:  # not the writing process
+            return
         event = pb.double_field(1, time.time())
         if step is not None:
             event += pb.int_field(2, int(step))
@@ -160,6 +170,7 @@ class SummaryWriter:
             self._file.flush()
 
     def close(self) -> None:
+        self._closed = True
         """Closes the file; calling it again does nothing."""
         if self._file is not None:
             self._file.close()
