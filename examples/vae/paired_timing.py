@@ -66,4 +66,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+    train.define_flags()  # --dataset, --data_dir, --batch_size, --learning_rate
     app.run(main)

@@ -43,26 +43,32 @@ except ImportError:  # as a script, `python examples/vae/train.py`, or in a fork
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_enum('dataset', 'fashion_mnist', ['fashion_mnist', 'mnist'],
-                  'Which images (binarised once, with a fixed seed).')
-flags.DEFINE_string('data_dir', None, 'A folder with the four IDX files (default: '
-                    '$FLAXEN_DATA/<dataset>, then /usr/share/datasets/fashion-mnist).')
-flags.DEFINE_string('output_dir', '/tmp/flaxen_vae', 'Checkpoints, metrics, plots, pictures.')
-flags.DEFINE_bool('resume', False, 'Continue the run in --output_dir (same configuration).')
-flags.DEFINE_integer('num_epochs', 30, 'Number of training epochs.')
-flags.DEFINE_integer('batch_size', 128, 'Global batch size (over all devices and processes).')
-flags.DEFINE_float('learning_rate', 1e-3, 'Adam learning rate.')
-flags.DEFINE_integer('latents', 20, 'Latent dimensions.')
-flags.DEFINE_integer('hidden', 500, 'Hidden units of the encoder and of the decoder.')
-flags.DEFINE_integer('iwae_samples', 100, 'k of the importance-weighted log-likelihood '
-                     'estimate on the test set after the last epoch (0: skip it).')
-flags.DEFINE_integer('seed', 0, 'Seed of the initialisation, the shuffling and the noise.')
-flags.DEFINE_integer('num_train_examples', 0, 'Use only the first N training images (0: all).')
-flags.DEFINE_integer('num_devices', 0, 'Local devices to train on (0: all; one process only).')
-flags.DEFINE_bool('progress', True, 'Show a progress bar per epoch.')
-flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0, for several processes.')
-flags.DEFINE_integer('num_processes', 1, 'Number of processes.')
-flags.DEFINE_integer('process_id', 0, 'This process, 0..num_processes-1.')
+
+def define_flags():
+    """The command line. Defined when run as a script, not on import, so that several
+    examples' modules can be imported into one test process without clashing flags."""
+    flags.DEFINE_enum('dataset', 'fashion_mnist', ['fashion_mnist', 'mnist'],
+                      'Which images (binarised once, with a fixed seed).')
+    flags.DEFINE_string('data_dir', None, 'A folder with the four IDX files (default: '
+                        '$FLAXEN_DATA/<dataset>, then /usr/share/datasets/fashion-mnist).')
+    flags.DEFINE_string('output_dir', '/tmp/flaxen_vae', 'Checkpoints, metrics, plots, pictures.')
+    flags.DEFINE_bool('resume', False, 'Continue the run in --output_dir (same configuration).')
+    flags.DEFINE_integer('num_epochs', 30, 'Number of training epochs.')
+    flags.DEFINE_integer('batch_size', 128, 'Global batch size (over all devices and processes).')
+    flags.DEFINE_float('learning_rate', 1e-3, 'Adam learning rate.')
+    flags.DEFINE_integer('latents', 20, 'Latent dimensions.')
+    flags.DEFINE_integer('hidden', 500, 'Hidden units of the encoder and of the decoder.')
+    flags.DEFINE_integer('iwae_samples', 100, 'k of the importance-weighted log-likelihood '
+                         'estimate on the test set after the last epoch (0: skip it).')
+    flags.DEFINE_integer('seed', 0, 'Seed of the initialisation, the shuffling and the noise.')
+    flags.DEFINE_integer('num_train_examples', 0, 'Use only the first N training images (0: all).')
+    flags.DEFINE_integer('num_devices', 0, 'Local devices to train on (0: all; one process only).')
+    flags.DEFINE_bool('progress', True, 'Show a progress bar per epoch.')
+    flags.DEFINE_string('coordinator_address', None,
+                        'HOST:PORT of process 0, for several processes.')
+    flags.DEFINE_integer('num_processes', 1, 'Number of processes.')
+    flags.DEFINE_integer('process_id', 0, 'This process, 0..num_processes-1.')
+
 
 EVAL_BATCH_SIZE = 1000
 IWAE_ROWS = 20_000  # decoder rows per IWAE batch (k samples x images): bounds its memory
@@ -422,4 +428,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+    define_flags()
     app.run(main)
