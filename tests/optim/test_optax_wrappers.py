@@ -33,6 +33,8 @@ def _set_lr(node, lr):
         return type(node)(*(_set_lr(c, lr) for c in node))
     if isinstance(node, tuple):
         return tuple(_set_lr(c, lr) for c in node)
+    if isinstance(node, dict):
+        return {k: _set_lr(c, lr) for k, c in node.items()}
     return node
 
 
@@ -47,6 +49,8 @@ WRAPPED = {
     "multi_steps_of_chain": lambda: optax.MultiSteps(
         optax.chain(optax.scale_by_rms(), optax.inject_hyperparams(optax.sgd)(
             learning_rate=1.0, momentum=0.9)), every_k_schedule=3),
+    "multi_transform": lambda: optax.multi_transform(
+        {"inj": _adam(), "fixed": optax.sgd(0.1)}, {"a": "inj", "b": "fixed"}),
 }
 
 
