@@ -45,8 +45,30 @@ def _import_class(path: str) -> Any:
     return obj
 
 
+def _encode(value: Any) -> Any:
+    """JSON keeps lists but not tuples; tuples are tagged so ``partial`` gets them back
+    (a list would not be hashable, so ``Module.partial`` would make a new class)."""
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"__tuple__"}:
+            return tuple(_decode(v) for v in value["__tuple__"])
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
 def _module_to_json(cls: type[Module]) -> dict[str, Any]:
-    partial_kwargs = dict(cls._partial_kwargs)
+    partial_kwargs = _encode(dict(cls._partial_kwargs))
     spec = {"class": _class_path(cls), "partial_kwargs": partial_kwargs,
             "default_name": cls._default_name}
     try:
@@ -54,7 +76,7 @@ def _module_to_json(cls: type[Module]) -> dict[str, Any]:
     except TypeError as e:
         raise SerializationError(
             f"jax.export: Model({cls.__name__}) has pre-bound keyword arguments "
-            f"{sorted(partial_kwargs)} that are not JSON values ({e}), so its class cannot be "
+            f"{sorted(cls._partial_kwargs)} that are not JSON values ({e}), so its class cannot be "
             f"written into the exported artifact. {_SERVING_HINT}"
         ) from None
     return spec
@@ -72,10 +94,11 @@ def _module_from_json(spec: dict[str, Any]) -> type[Module]:
     if not (isinstance(base, type) and issubclass(base, Module)):
         raise SerializationError(
             f"jax.export: `{spec['class']}` is {base!r}, expected a flaxen Module class.")
-    kwargs = spec["partial_kwargs"]
-    if not kwargs and spec["default_name"] == base._default_name:
+    kwargs = _decode(spec["partial_kwargs"])
+    name = spec["default_name"]
+    if not kwargs and name == base._default_name:
         return base
-    return base.partial(name=spec["default_name"], **kwargs)
+    return base.partial(name=None if name == base._default_name else name, **kwargs)
 
 
 def _serialize_model(aux: tuple[type[Module]]) -> bytes:

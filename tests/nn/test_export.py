@@ -96,6 +96,28 @@ def test_params_dict_route_serves_without_flaxen(tmp_path):
     assert out.strip() == "flaxen imported: False"
 
 
+@pytest.mark.parametrize("module", [
+    nn.Conv.partial(features=2, kernel_size=(3, 3), padding=((1, 1), (0, 0))),
+    nn.Dense.partial(features=3, name="head"),
+])
+def test_partial_arguments_come_back_as_the_same_class(module):
+    x = jnp.ones((1, 4, 4, 2))
+    _, params = module.init(jax.random.PRNGKey(0), x)
+    model = nn.Model(module, params)
+    exported = jax.export.export(jax.jit(lambda m, x: m(x)))(model, x)
+    restored = jax.export.deserialize(exported.serialize())
+    np.testing.assert_allclose(restored.call(model, x), model(x), rtol=1e-6)
+
+
+def test_non_json_partial_arguments_are_refused_at_export():
+    module = nn.Dense.partial(features=2, kernel_init=nn.initializers.zeros)
+    _, params = module.init(jax.random.PRNGKey(0), jnp.ones((1, 3)))
+    exported = jax.export.export(jax.jit(lambda m, x: m(x)))(nn.Model(module, params),
+                                                             jnp.ones((1, 3)))
+    with pytest.raises(SerializationError, match=r"kernel_init.*not JSON values.*Module.call"):
+        exported.serialize()
+
+
 def test_class_that_cannot_be_found_again_is_refused_at_export():
     def make():
         class Hidden(nn.Module):
