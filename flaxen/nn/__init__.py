@@ -58,3 +58,4 @@ from flaxen.nn.attention import make_padding_mask as make_padding_mask
 from flaxen.nn.recurrent import RNN as RNN
 from flaxen.nn.recurrent import GRUCell as GRUCell
 from flaxen.nn.recurrent import LSTMCell as LSTMCell
+from flaxen.nn import export as export  # registers Model/Collection with jax.export

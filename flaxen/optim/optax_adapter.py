@@ -4,7 +4,9 @@ The transformation's ``init`` gives ``state.param_states``; ``update`` followed 
 ``optax.apply_updates`` is each step. Hyper-parameters per step work when the
 transformation was built with ``optax.inject_hyperparams``: ``apply_gradient(grads,
 learning_rate=lr)`` writes ``lr`` into the injected hyper-parameters (where it stays for
-later steps, as in optax) before the update.
+later steps, as in optax) before the update. The injected state is found inside wrappers
+too (``MultiSteps``, ``chain``, ``masked``, ``multi_transform``, ...); a name injected in
+more than one place is refused as ambiguous.
 
 Example:
     >>> import jax.numpy as jnp, optax
@@ -19,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import optax
 
@@ -73,19 +74,88 @@ class Optax(OptimizerDef):
                        grads: Any) -> tuple[Any, OptimizerState]:
         inner = state.param_states
         if hyper_params:
-            injected = getattr(inner, "hyperparams", None)
-            if not isinstance(injected, dict):
-                raise errors.HyperParamError(
-                    "Optax", next(iter(hyper_params)), "cannot be set per step: the wrapped "
-                    "transformation has no injected hyper-parameters",
-                    "Build it with `optax.inject_hyperparams(optax.adam)(learning_rate=...)`.")
-            unknown = sorted(set(hyper_params) - set(injected))
-            if unknown:
-                raise errors.HyperParamError(
-                    "Optax", unknown[0], "is not an injected hyper-parameter",
-                    f"Injected: {', '.join(sorted(injected))}.")
-            new = {k: jnp.asarray(v, dtype=jax.numpy.result_type(injected[k]))
-                   for k, v in hyper_params.items()}
-            inner = inner._replace(hyperparams={**injected, **new})
+            inner = _set_injected(inner, hyper_params)
         state = dataclasses.replace(state, param_states=inner)
         return super().apply_gradient(None, params, state, grads)
+
+
+# -- Finding injected hyper-parameters inside wrapper states ------------------------------
+#
+# Wrappers keep the wrapped transformation's state inside their own: `MultiSteps` in
+# `inner_opt_state`, `masked` in `inner_state`, `chain` as a tuple with one state per link,
+# `multi_transform` in a dict per label. All are tuples, named tuples or dicts, so one walk
+# over those finds every `inject_hyperparams` state (a named tuple with a `hyperparams` dict)
+# at any depth, whatever the wrapper.
+
+
+def _is_injected(node: Any) -> bool:
+    return isinstance(node, tuple) and hasattr(node, "_fields") and isinstance(
+        getattr(node, "hyperparams", None), dict)
+
+
+def _children(node: Any) -> list[tuple[str, Any]]:
+    if isinstance(node, tuple) and hasattr(node, "_fields"):
+        return [(f".{name}", value) for name, value in zip(node._fields, node)]
+    if isinstance(node, (tuple, list)):
+        return [(f"[{i}]", value) for i, value in enumerate(node)]
+    if isinstance(node, dict):
+        return [(f"[{key!r}]", value) for key, value in node.items()]
+    return []
+
+
+def _find_injected(node: Any, path: str = "state") -> list[tuple[str, dict[str, Any]]]:
+    """``(path, hyperparams)`` of every injected state below ``node``, in walk order."""
+    if _is_injected(node):
+        return [(path, node.hyperparams)]
+    return [found for suffix, child in _children(node)
+            for found in _find_injected(child, path + suffix)]
+
+
+def _replace_injected(node: Any, overrides: dict[str, Any]) -> Any:
+    if _is_injected(node):
+        mine = {k: v for k, v in overrides.items() if k in node.hyperparams}
+        if not mine:
+            return node
+        new = {k: jnp.asarray(v, dtype=jnp.result_type(node.hyperparams[k]))
+               for k, v in mine.items()}
+        return node._replace(hyperparams={**node.hyperparams, **new})
+    if isinstance(node, tuple) and hasattr(node, "_fields"):
+        return type(node)(*(_replace_injected(child, overrides) for child in node))
+    if isinstance(node, (tuple, list)):
+        return type(node)(_replace_injected(child, overrides) for child in node)
+    if isinstance(node, dict):
+        return {key: _replace_injected(child, overrides) for key, child in node.items()}
+    return node
+
+
+def _set_injected(opt_state: Any, overrides: dict[str, Any]) -> Any:
+    """``opt_state`` with each override written into the one injected state that has it.
+
+    Raises:
+        HyperParamError: no injected state has the name, or several do (for instance two
+            ``inject_hyperparams`` links of a ``chain`` or ``multi_transform``, each with its
+            own ``learning_rate``): which one to set would be a guess.
+    """
+    found = _find_injected(opt_state)
+    for name in overrides:
+        holders = [path for path, injected in found if name in injected]
+        if not found:
+            raise errors.HyperParamError(
+                "Optax", name, "cannot be set per step: the optax state (searched through "
+                "wrappers such as MultiSteps, chain, masked and multi_transform) holds no "
+                "injected hyper-parameters",
+                "Build the transformation with `optax.inject_hyperparams`, e.g. "
+                "`optax.MultiSteps(optax.inject_hyperparams(optax.adam)(learning_rate=1e-3), "
+                "every_k_schedule=4)`.")
+        if not holders:
+            names = sorted({k for _, injected in found for k in injected})
+            raise errors.HyperParamError(
+                "Optax", name, "is not an injected hyper-parameter",
+                f"Injected (found at {', '.join(p for p, _ in found)}): {', '.join(names)}.")
+        if len(holders) > 1:
+            raise errors.HyperParamError(
+                "Optax", name, f"is injected in {len(holders)} places ({', '.join(holders)}), "
+                "so a single per-step value is ambiguous",
+                "Inject it once, around the whole transformation (`optax.inject_hyperparams` "
+                "of a function that builds the chain), or use an optax schedule per part.")
+    return _replace_injected(opt_state, overrides)
