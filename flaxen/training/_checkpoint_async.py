@@ -100,8 +100,8 @@ class AsyncCheckpointer:
         """Starts saving ``target``; returns the path the checkpoint will have.
 
         Raises:
-          The error of a previous failed write (before anything else is done), and the
-          argument errors of ``save_checkpoint``.
+          CheckpointError: the error of a previous failed write (raised before anything
+            else is done), and the argument errors of ``save_checkpoint``.
         """
         from flaxen.training import checkpoints
 
