@@ -11,7 +11,9 @@ epoch.
     python examples/gan/plain_jax_baseline.py --num_epochs=5
 """
 
+import glob
 import json
+import os
 import time
 
 import jax
@@ -36,7 +38,7 @@ def define_flags():
     """Defined only when run as a script, so that tests can import this file beside train.py."""
     flags.DEFINE_float('learning_rate', 2e-4, 'Adam learning rate.')
     flags.DEFINE_float('beta1', 0.5, 'Adam beta1.')
-    flags.DEFINE_integer('batch_size', 128, 'Batch size.')
+    flags.DEFINE_integer('batch_size', 64, 'Batch size.')
     flags.DEFINE_integer('num_epochs', 5, 'Number of epochs.')
     flags.DEFINE_integer('g_features', 32, 'Generator width.')
     flags.DEFINE_integer('d_features', 32, 'Discriminator width.')
@@ -157,12 +159,17 @@ def main(argv):
     from flaxen.training import checkpoints  # only to read the classifier's file
 
     train_ds, test_ds = input_pipeline.get_datasets(FLAGS.dataset, FLAGS.data_dir)
-    c = None
-    if FLAGS.classifier_dir:
-        c = checkpoints.restore_checkpoint(FLAGS.classifier_dir + '/checkpoints', None)['params']
-        c = jax.tree.map(jnp.asarray, c)
-        reference = quality.add_sums([real_sums(c, test_ds['image'][i:i + 1000])
-                                      for i in range(0, len(test_ds['image']), 1000)])
+    c = reference = None
+
+    def load_classifier():
+        # Read when its checkpoint appears, so that this can start beside train_classifier.py.
+        path = os.path.join(FLAGS.classifier_dir, 'checkpoints')
+        if not (FLAGS.classifier_dir and glob.glob(os.path.join(path, 'checkpoint_*'))):
+            return None, None
+        c = jax.tree.map(jnp.asarray, checkpoints.restore_checkpoint(path, None)['params'])
+        return c, quality.add_sums([real_sums(c, test_ds['image'][i:i + 1000])
+                                    for i in range(0, len(test_ds['image']), 1000)])
+
     g, g_state, d = init_params(jax.random.PRNGKey(FLAGS.seed), FLAGS.g_features,
                                 FLAGS.d_features)
     tx = optax.adam(FLAGS.learning_rate, b1=FLAGS.beta1)
@@ -185,6 +192,8 @@ def main(argv):
         ms = jax.device_get(ms)
         row = {'impl': 'plain_jax_optax', 'epoch': epoch, 'epoch_seconds': time.time() - start}
         row.update({k: float(onp.mean([m[k] for m in ms])) for k in ms[0]})
+        if c is None:
+            c, reference = load_classifier()
         if c is not None:
             sums = quality.add_sums([generated_sums(g, g_state, c, eval_noise[i:i + 1000])
                                      for i in range(0, len(eval_noise), 1000)])

@@ -42,7 +42,7 @@ except ImportError:  # as a script, `python examples/gan/train.py`, or in a fork
 FLAGS = flags.FLAGS
 flags.DEFINE_float('learning_rate', 2e-4, 'Adam learning rate of both networks.')
 flags.DEFINE_float('beta1', 0.5, 'Adam beta1 of both networks (0.5, as in the DCGAN paper).')
-flags.DEFINE_integer('batch_size', 128, 'Global batch size (real images per step).')
+flags.DEFINE_integer('batch_size', 64, 'Global batch size (real images per step).')
 flags.DEFINE_integer('num_epochs', 5, 'Number of training epochs.')
 flags.DEFINE_integer('g_features', 32, 'Width of the generator (its last hidden layer).')
 flags.DEFINE_integer('d_features', 32, 'Width of the discriminator (its first layer).')
@@ -239,7 +239,7 @@ def train(train_ds, test_ds, cfg=None):
         checkpoints.save_checkpoint(
             ckpt_dir, runs.unreplicate({'generator': g_opt, 'discriminator': d_opt,
                                         'generator_state': g_state}),
-            epoch, keep=3, overwrite=True)
+            epoch, keep=10, overwrite=True)
         logs.epoch(epoch, row, grid)
         logging.info('epoch %d: %s', epoch, ', '.join(f'{k} {v:.4g}' for k, v in row.items()))
     logs.finish(cfg.dataset, reference is not None)
