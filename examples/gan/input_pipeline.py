@@ -20,7 +20,8 @@ import numpy as np
 
 from flaxen.errors import FlaxenError
 
-SYSTEM_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist", "mnist": None}
+SYSTEM_DIRS: dict[str, str | None] = {
+    "fashion_mnist": "/usr/share/datasets/fashion-mnist", "mnist": None}
 FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
          "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
 
@@ -75,8 +76,9 @@ def find_data_dir(dataset: str, data_dir: str | None) -> Path:
     candidates = []
     if os.environ.get("FLAXEN_DATA"):
         candidates.append(Path(os.environ["FLAXEN_DATA"]) / dataset.replace("_", "-"))
-    if SYSTEM_DIRS[dataset]:
-        candidates.append(Path(SYSTEM_DIRS[dataset]))
+    system_dir = SYSTEM_DIRS[dataset]
+    if system_dir:
+        candidates.append(Path(system_dir))
     for folder in candidates:
         if all((folder / (s + ".gz")).is_file() or (folder / s).is_file()
                for s in FILES.values()):

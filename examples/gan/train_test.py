@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from examples.gan import input_pipeline, quality, runs, train, train_classifier
+from examples.gan import input_pipeline, quality, runs, sample, train, train_classifier
 from examples.gan import plain_jax_baseline as baseline
 from flaxen import metrics
 from flaxen.training import checkpoints
@@ -200,6 +200,12 @@ def test_resume_gives_the_same_result(tmp_path, classifier_dir):
     for png in ("samples/epoch_001.png", "samples/epoch_002.png", "samples.png", "curves.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     assert sorted(os.listdir(out / "checkpoints")) == ["checkpoint_1", "checkpoint_2"]
+    # sample.py reads the generator and its state back from the checkpoint.
+    generator, g_state, seed = sample.load(str(out), 2)
+    g_opt, _, final_state = host(resumed)
+    jax.tree.map(np.testing.assert_array_equal, g_opt.target.params, generator.params)
+    jax.tree.map(np.testing.assert_array_equal, final_state, g_state)
+    assert seed == 0
     # Another configuration in the same folder is refused, with the flag named.
     with pytest.raises(runs.UsageError, match="--seed=1 .the run has 0"):
         train.train(train_ds, test_ds, config(out, num_epochs=3, resume=True, seed=1, **kw))
