@@ -47,10 +47,10 @@ def plot_curves(steps: list[dict], epochs: list[dict], path: str, title: str,
     ax.grid(True, alpha=0.3)
     ax.legend()
     if with_quality:
-        e = [r['step'] for r in epochs]
         for ax, key, label in ((axes[0, 1], 'fid', 'Frechet distance (classifier features)'),
                                (axes[0, 2], 'inception_score', 'inception score (classifier)')):
-            ax.plot(e, [r[key] for r in epochs], 'o-')
+            scored = [r for r in epochs if key in r]  # a resumed run may lack early scores
+            ax.plot([r['step'] for r in scored], [r[key] for r in scored], 'o-')
             ax.set_xlabel('epoch')
             ax.set_ylabel(label)
             ax.grid(True, alpha=0.3)
