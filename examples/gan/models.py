@@ -1,0 +1,74 @@
+"""A small DCGAN for 28x28 grey images, and the classifier that scores its samples.
+
+Sizes are chosen so that the default run trains in minutes on two CPU cores; widen
+``features`` for a GPU.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from flaxen import nn
+
+LATENT_DIM = 64
+
+
+class Generator(nn.Module):
+    """Noise to image: Dense -> 7x7 -> ConvTranspose (14x14) -> ConvTranspose (28x28).
+
+    Input ``(batch, LATENT_DIM)`` float32 noise; output ``(batch, 28, 28, 1)`` float32 in
+    ``[-1, 1]`` (tanh). BatchNorm after the dense layer and the first transposed
+    convolution, so the model has state (``mean``/``var`` of ``BatchNorm_1`` and
+    ``BatchNorm_3``): create it with ``init_with_state`` and run it with
+    ``call_with_state``. ``train=False`` normalises with the running statistics.
+    """
+
+    def apply(self, z: jax.Array, train: bool = True, features: int = 32) -> jax.Array:
+        bn = nn.BatchNorm.partial(use_running_average=not train, momentum=0.9)
+        x = nn.Dense(z, features=7 * 7 * 2 * features, bias=False)
+        x = nn.relu(bn(x))
+        x = x.reshape((x.shape[0], 7, 7, 2 * features))
+        x = nn.ConvTranspose(x, features=features, kernel_size=(4, 4), strides=(2, 2),
+                             bias=False)
+        x = nn.relu(bn(x))
+        x = nn.ConvTranspose(x, features=1, kernel_size=(4, 4), strides=(2, 2))
+        return jnp.tanh(x)
+
+
+class Discriminator(nn.Module):
+    """Image to one logit: two strided 4x4 convolutions with leaky ReLU, then Dense.
+
+    Input ``(batch, 28, 28, 1)`` float32 in ``[-1, 1]``; output ``(batch,)`` float32
+    logits of "real". No BatchNorm, so real and fake images can share one batch.
+    """
+
+    def apply(self, x: jax.Array, features: int = 32) -> jax.Array:
+        x = nn.Conv(x, features=features, kernel_size=(4, 4), strides=(2, 2))
+        x = nn.leaky_relu(x, 0.2)
+        x = nn.Conv(x, features=2 * features, kernel_size=(4, 4), strides=(2, 2))
+        x = nn.leaky_relu(x, 0.2)
+        x = x.reshape((x.shape[0], -1))
+        return nn.Dense(x, features=1)[:, 0]
+
+
+class Classifier(nn.Module):
+    """The MNIST example's CNN (the seed model), used here only to score samples.
+
+    Input ``(batch, 28, 28, 1)`` float32 in ``[0, 1]``; output ``(batch, 10)`` float32
+    log-probabilities; with ``features=True`` the pair ``(features, log_probs)``, where
+    ``features`` are the ``(batch, 256)`` activations of the last hidden layer (the space in
+    which the Frechet distance is measured).
+    """
+
+    def apply(self, x: jax.Array, features: bool = False) -> Any:
+        x = nn.Conv(x, features=32, kernel_size=(3, 3))
+        x = nn.relu(x)
+        x = nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
+        x = nn.Conv(x, features=64, kernel_size=(3, 3))
+        x = nn.relu(x)
+        x = nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
+        x = x.reshape((x.shape[0], -1))  # flatten
+        h = nn.relu(nn.Dense(x, features=256))
+        log_probs = nn.log_softmax(nn.Dense(h, features=10))
+        return (h, log_probs) if features else log_probs
