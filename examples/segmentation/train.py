@@ -333,28 +333,30 @@ def train(train_ds, test_ds, cfg=None):
         writers.write(step, {'train_loss': loss})
         history.append({'step': step, 'train_loss': loss})
 
-    for epoch in range(first_epoch, cfg.num_epochs + 1):
-        # The shuffling depends on (seed, epoch) only, so a resumed run sees the same batches.
-        input_rng = onp.random.RandomState([cfg.seed, epoch])
-        epoch_start = time.time()
-        optimizer, train_metrics = train_epoch(
-            optimizer, train_ds, batch_size, epoch, input_rng, learning_rate_fn, mesh,
-            cfg.progress and writer, log_train)
-        train_seconds = time.time() - epoch_start
-        test = eval_model(optimizer.target, test_ds, mesh)
-        logging.info('eval epoch: %d, loss: %.4f, pixel accuracy: %.2f, mean IoU: %.4f',
-                     epoch, test['loss'], test['pixel_accuracy'] * 100, test['mean_iou'])
-        epoch_seconds = time.time() - epoch_start  # training and evaluation
-        host_optimizer = optimizer if mesh is None else optimizer.unreplicate()
-        checkpoints.save_checkpoint(ckpt_dir, host_optimizer, epoch, keep=3, overwrite=True)
-        row = {'epoch': epoch, 'train_loss': train_metrics['loss'],
-               'train_pixel_accuracy': train_metrics['pixel_accuracy'],
-               'test_loss': test['loss'], 'test_pixel_accuracy': test['pixel_accuracy'],
-               'test_mean_iou': test['mean_iou'], 'test_iou': test['iou'].tolist(),
-               'train_seconds': train_seconds, 'epoch_seconds': epoch_seconds}
-        writers.write(epoch * steps_per_epoch, row)
-        history.append({'step': epoch * steps_per_epoch, **row})
-    writers.close()
+    try:
+        for epoch in range(first_epoch, cfg.num_epochs + 1):
+            # The shuffling depends on (seed, epoch) only, so a resumed run sees the same batches.
+            input_rng = onp.random.RandomState([cfg.seed, epoch])
+            epoch_start = time.time()
+            optimizer, train_metrics = train_epoch(
+                optimizer, train_ds, batch_size, epoch, input_rng, learning_rate_fn, mesh,
+                cfg.progress and writer, log_train)
+            train_seconds = time.time() - epoch_start
+            test = eval_model(optimizer.target, test_ds, mesh)
+            logging.info('eval epoch: %d, loss: %.4f, pixel accuracy: %.2f, mean IoU: %.4f',
+                         epoch, test['loss'], test['pixel_accuracy'] * 100, test['mean_iou'])
+            epoch_seconds = time.time() - epoch_start  # training and evaluation
+            host_optimizer = optimizer if mesh is None else optimizer.unreplicate()
+            checkpoints.save_checkpoint(ckpt_dir, host_optimizer, epoch, keep=3, overwrite=True)
+            row = {'epoch': epoch, 'train_loss': train_metrics['loss'],
+                   'train_pixel_accuracy': train_metrics['pixel_accuracy'],
+                   'test_loss': test['loss'], 'test_pixel_accuracy': test['pixel_accuracy'],
+                   'test_mean_iou': test['mean_iou'], 'test_iou': test['iou'].tolist(),
+                   'train_seconds': train_seconds, 'epoch_seconds': epoch_seconds}
+            writers.write(epoch * steps_per_epoch, row)
+            history.append({'step': epoch * steps_per_epoch, **row})
+    finally:  # an interrupted run leaves complete files
+        writers.close()
     if writer and history:
         names = input_pipeline.class_names(cfg.dataset)
         final = [r for r in history if 'epoch' in r][-1]

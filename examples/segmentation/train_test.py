@@ -93,10 +93,21 @@ def test_eval_model_matches_numpy_reference():
     assert sharded["loss"] == pytest.approx(got["loss"], rel=1e-5)
 
 
-def test_resume_gives_the_same_result(tmp_path):
+def test_resume_gives_the_same_result(tmp_path, monkeypatch):
     train_ds, test_ds = small_datasets()
     straight = train.train(train_ds, test_ds, config(tmp_path / "a", num_epochs=2))
-    train.train(train_ds, test_ds, config(tmp_path / "b", num_epochs=1))
+    # The same run, interrupted (Ctrl-C) at the start of epoch 2, then resumed.
+    real_train_epoch = train.train_epoch
+
+    def interrupted(optimizer, train_ds, batch_size, epoch, *args, **kwargs):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real_train_epoch(optimizer, train_ds, batch_size, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(train_ds, test_ds, config(tmp_path / "b", num_epochs=2))
+    monkeypatch.undo()
     resumed = train.train(train_ds, test_ds, config(tmp_path / "b", num_epochs=2, resume=True))
     jax.tree.map(np.testing.assert_array_equal, params_of(straight), params_of(resumed))
     assert int(resumed.state.step) == 2 * 64 // 16
