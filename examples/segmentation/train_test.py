@@ -167,3 +167,24 @@ def test_bad_data_dir_is_one_error_line(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("Error: ") and "train-images-idx3-ubyte" in last, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_plain_jax_baseline_trains_like_flaxen():
+    """From the same parameters, three steps of both train steps give the same parameters."""
+    from examples.segmentation import plain_jax_baseline as baseline
+
+    train_ds, _ = small_datasets(n_train=48)
+    model = train.create_model(jax.random.PRNGKey(4))
+    optimizer = train.create_optimizer(model, 3e-3)
+    learning_rate_fn = train.create_learning_rate_fn(3e-3, 3, 2)  # 6 steps in all
+    params = baseline.from_flaxen(model.params)
+    tx, plain_step = baseline.make_train_step(3e-3, 6)
+    opt_state = tx.init(params)
+    for i in range(3):
+        batch = {k: v[16 * i:16 * (i + 1)] for k, v in train_ds.items()}
+        optimizer, m1 = train.train_step(optimizer, batch, learning_rate_fn)
+        with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes dtypes
+            params, opt_state, m2 = plain_step(params, opt_state, batch)
+        assert float(m1["loss"]) == pytest.approx(float(m2["loss"]), rel=1e-4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5),
+                 baseline.from_flaxen(optimizer.target.params), params)
