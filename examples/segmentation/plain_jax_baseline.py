@@ -14,6 +14,7 @@ flaxen is left out. Prints one JSON line per epoch (wall time of training plus e
 
 import json
 import os
+import sys
 import time
 
 import jax
@@ -36,21 +37,34 @@ _DN = ('NHWC', 'HWIO', 'NHWC')
 
 
 def define_flags():
-    """Defined only when run as a script, so that tests can import this file beside train.py."""
-    flags.DEFINE_float('learning_rate', 3e-3, 'Adam learning rate.')
-    flags.DEFINE_integer('batch_size', 32, 'Batch size.')
-    flags.DEFINE_integer('num_epochs', 4, 'Number of epochs.')
-    flags.DEFINE_string('dataset', 'fashion_mnist', 'fashion_mnist or mnist.')
-    flags.DEFINE_string('data_dir', None, 'Folder with the four IDX files.')
-    flags.DEFINE_string('cache_dir', None, 'Canvas cache folder.')
-    flags.DEFINE_integer('num_train_canvases', 12000, 'Training canvases.')
-    flags.DEFINE_integer('num_test_canvases', 2000, 'Test canvases.')
-    flags.DEFINE_integer('data_seed', 0, 'Seed of the canvas generator.')
-    flags.DEFINE_integer('seed', 0, 'Seed.')
-    flags.DEFINE_integer('paired_rounds', 0,
-                         'Instead of training: time --paired_steps steps of train.py\'s '
-                         'flaxen step and of this file\'s step, alternately, this many rounds.')
-    flags.DEFINE_integer('paired_steps', 20, 'Steps per implementation and round.')
+    """Defined only when run as a script, so that tests can import this file beside train.py.
+    Flags that train.py already defined (in ``--paired_rounds`` mode) are left as they are."""
+    for define, name, default, text in (
+            (flags.DEFINE_float, 'learning_rate', 3e-3, 'Adam learning rate at step 0.'),
+            (flags.DEFINE_integer, 'batch_size', 32, 'Batch size.'),
+            (flags.DEFINE_integer, 'num_epochs', 4, 'Number of epochs.'),
+            (flags.DEFINE_string, 'dataset', 'fashion_mnist', 'fashion_mnist or mnist.'),
+            (flags.DEFINE_string, 'data_dir', None, 'Folder with the four IDX files.'),
+            (flags.DEFINE_string, 'cache_dir', None, 'Canvas cache folder.'),
+            (flags.DEFINE_integer, 'num_train_canvases', 12000, 'Training canvases.'),
+            (flags.DEFINE_integer, 'num_test_canvases', 2000, 'Test canvases.'),
+            (flags.DEFINE_integer, 'data_seed', 0, 'Seed of the canvas generator.'),
+            (flags.DEFINE_integer, 'seed', 0, 'Seed.'),
+            (flags.DEFINE_integer, 'paired_rounds', 0,
+             "Instead of training: time --paired_steps steps of train.py's flaxen step and "
+             "of this file's step, alternately, this many rounds."),
+            (flags.DEFINE_integer, 'paired_steps', 20, 'Steps per implementation and round.')):
+        if name not in FLAGS:
+            define(name, default, text)
+
+
+def import_train():
+    """train.py (flaxen), only for ``--paired_rounds``."""
+    try:
+        from examples.segmentation import train
+    except ImportError:
+        import train  # type: ignore[no-redef]
+    return train
 
 
 def init_params(key, features=FEATURES):
@@ -175,10 +189,7 @@ def evaluate(params, test_ds, size=200):
 def paired_timing(train_ds, rounds, steps, batch_size, learning_rate):
     """Milliseconds per training step of both implementations, measured alternately on the
     same batches from the same initial parameters (so both see the same machine load)."""
-    try:
-        from examples.segmentation import train
-    except ImportError:
-        import train  # type: ignore[no-redef]
+    train = import_train()
     model = train.create_model(jax.random.PRNGKey(0))
     optimizer = train.create_optimizer(model, learning_rate)
     params = from_flaxen(model.params)
@@ -241,5 +252,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+    if any(arg.startswith('--paired_rounds') for arg in sys.argv):
+        import_train()  # defines the flags that both files share
     define_flags()
     app.run(main)

@@ -50,6 +50,7 @@ def learning_curves(history: Sequence[dict], steps_per_epoch: int, path: str,
     right.plot(x, [r['test_pixel_accuracy'] for r in epochs], 'o--', label='test pixel accuracy')
     right.set_ylabel('test metric')
     for ax in (left, right):
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel(xlabel)
         ax.grid(True, alpha=0.3)
         ax.legend()
