@@ -1,0 +1,1 @@
+"""The semantic segmentation example (see README.md)."""

@@ -1,0 +1,190 @@
+"""A few real training steps on canvases of real images; metrics against NumPy; resume;
+data parallel; the baseline is the same model; clean errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import jax
+import numpy as np
+import pytest
+
+from examples.segmentation import input_pipeline, train
+from flaxen import metrics
+
+HERE = Path(__file__).resolve().parent
+
+
+def source_folder():
+    """A folder with real 28x28 test images: MNIST digits under $FLAXEN_DATA, or the apt
+    Fashion-MNIST."""
+    root = os.environ.get("FLAXEN_DATA")
+    candidates = [Path(root, "mnist-t10k")] if root else []
+    candidates.append(Path(input_pipeline.SYSTEM_FASHION_MNIST))
+    for folder in candidates:
+        if (folder / "t10k-images-idx3-ubyte.gz").is_file():
+            return folder
+    pytest.skip("no real images: set FLAXEN_DATA (mnist-t10k/) or apt-get install "
+                "dataset-fashion-mnist")
+
+
+def small_datasets(n_train=64, n_test=30):
+    """Canvases of real test images: the first 5,000 for training canvases, the rest for test."""
+    folder = source_folder()
+    images, _ = input_pipeline.read_idx(folder / "t10k-images-idx3-ubyte.gz")
+    labels, _ = input_pipeline.read_idx(folder / "t10k-labels-idx1-ubyte.gz")
+    train_ds = input_pipeline.make_canvases(images[:5000], labels[:5000], n_train, [0, 0])
+    test_ds = input_pipeline.make_canvases(images[5000:], labels[5000:], n_test, [0, 1])
+    return train_ds, test_ds
+
+
+def config(tmp_path, **kw):
+    cfg = dict(learning_rate=3e-3, batch_size=16, num_epochs=1, dataset="fashion_mnist",
+               data_dir=None, cache_dir=None, num_train_canvases=64, num_test_canvases=30,
+               data_seed=0, output_dir=str(tmp_path), resume=False, num_devices=1, seed=0,
+               progress=False)
+    cfg.update(kw)
+    return SimpleNamespace(**cfg)
+
+
+def params_of(optimizer):
+    return jax.device_get(optimizer.target.params)
+
+
+def test_train_steps_reduce_loss():
+    train_ds, _ = small_datasets()
+    model = train.create_model(jax.random.PRNGKey(0))
+    assert set(model.params) == {"down_0", "down_1", "down_2", "bottom", "upsample_2",
+                                 "upsample_1", "upsample_0", "up_2", "up_1", "up_0", "logits"}
+    optimizer = train.create_optimizer(model, 3e-3)
+    learning_rate_fn = train.create_learning_rate_fn(3e-3, 100, 1)
+    batch = {k: v[:16] for k, v in train_ds.items()}
+    losses = []
+    for _ in range(6):  # the same batch: the loss must fall
+        optimizer, m = train.train_step(optimizer, batch, learning_rate_fn)
+        losses.append(float(m["loss"]))
+    assert float(m["learning_rate"]) == pytest.approx(3e-3 * (0.5 + 0.5 * np.cos(np.pi * 5 / 100)))
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert int(optimizer.state.step) == 6
+
+
+def test_eval_model_matches_numpy_reference():
+    _, test_ds = small_datasets(n_test=30)  # 30: not a multiple of the 8 devices below
+    model = train.create_model(jax.random.PRNGKey(1))
+    got = train.eval_model(model, test_ds)
+    logits = np.asarray(model((test_ds["image"].astype(np.float32) / 255)[..., None]), np.float64)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    y = test_ds["label"].astype(np.int64)
+    ref_loss = -np.mean(np.take_along_axis(log_probs, y[..., None], -1))
+    pred = logits.argmax(-1)
+    ref_iou = np.array([np.sum((y == k) & (pred == k)) / np.sum((y == k) | (pred == k))
+                        if np.any((y == k) | (pred == k)) else np.nan for k in range(11)])
+    np.testing.assert_allclose(got["loss"], ref_loss, rtol=1e-5)
+    assert got["pixel_accuracy"] == pytest.approx(np.mean(pred == y))
+    np.testing.assert_allclose(got["iou"], ref_iou, rtol=1e-6)
+    assert got["mean_iou"] == pytest.approx(np.nanmean(ref_iou))
+    # The same sums over 8 devices, with padding rows.
+    mesh = train.make_mesh(0)
+    sharded = train.eval_model(model, test_ds, mesh)
+    np.testing.assert_allclose(sharded["iou"], got["iou"], rtol=1e-6)
+    assert sharded["loss"] == pytest.approx(got["loss"], rel=1e-5)
+
+
+def test_resume_gives_the_same_result(tmp_path, monkeypatch):
+    train_ds, test_ds = small_datasets()
+    straight = train.train(train_ds, test_ds, config(tmp_path / "a", num_epochs=2))
+    # The same run, interrupted (Ctrl-C) at the start of epoch 2, then resumed.
+    real_train_epoch = train.train_epoch
+
+    def interrupted(optimizer, train_ds, batch_size, epoch, *args, **kwargs):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real_train_epoch(optimizer, train_ds, batch_size, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(train_ds, test_ds, config(tmp_path / "b", num_epochs=2))
+    monkeypatch.undo()
+    resumed = train.train(train_ds, test_ds, config(tmp_path / "b", num_epochs=2, resume=True))
+    jax.tree.map(np.testing.assert_array_equal, params_of(straight), params_of(resumed))
+    assert int(resumed.state.step) == 2 * 64 // 16
+    out = tmp_path / "b"
+    assert sorted(os.listdir(out / "checkpoints")) == ["checkpoint_1", "checkpoint_2"]
+    rows = [r for r in metrics.read_jsonl(out / "metrics.jsonl") if "epoch" in r]
+    assert [(r["epoch"], r["step"]) for r in rows] == [(1, 4), (2, 8)]
+    a_rows = [r for r in metrics.read_jsonl(tmp_path / "a" / "metrics.jsonl") if "epoch" in r]
+    assert rows[1]["test_mean_iou"] == a_rows[1]["test_mean_iou"]
+    assert len(rows[1]["test_iou"]) == 11
+    scalars = metrics.read_scalars(out / "tensorboard")
+    assert [s for s, _ in scalars["test_mean_iou"]] == [4, 8]
+    for name in ("learning_curves.png", "predictions.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A changed configuration is refused; a fresh (non-resumed) run starts over.
+    with pytest.raises(train.ConfigError, match="--learning_rate=0.01"):
+        train.train(train_ds, test_ds, config(out, num_epochs=3, resume=True, learning_rate=0.01))
+    train.train(train_ds, test_ds, config(out, num_epochs=1))
+    assert [r["epoch"] for r in metrics.read_jsonl(out / "metrics.jsonl") if "epoch" in r] == [1]
+    assert sorted(os.listdir(out / "checkpoints")) == ["checkpoint_1"]
+
+
+def test_data_parallel_matches_single_device(tmp_path):
+    assert jax.local_device_count() == 8  # the root conftest simulates 8 CPU devices
+    train_ds, test_ds = small_datasets(n_train=32, n_test=16)
+    one = train.train(train_ds, test_ds, config(tmp_path / "1", num_devices=1))
+    eight = train.train(train_ds, test_ds, config(tmp_path / "8", num_devices=0))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4),
+                 params_of(one), params_of(eight.unreplicate()))
+    with pytest.raises(train.ConfigError, match="divisible by the number of devices"):
+        train.train(train_ds, test_ds, config(tmp_path / "x", batch_size=12, num_devices=8))
+
+
+def test_plain_jax_baseline_is_the_same_model():
+    """The comparison in README.md is fair: the same function of the same parameters."""
+    from examples.segmentation import plain_jax_baseline as baseline
+
+    model = train.create_model(jax.random.PRNGKey(3))
+    mapped = baseline.from_flaxen(model.params)
+    ref = baseline.init_params(jax.random.PRNGKey(3))
+    jax.tree.map(lambda a, b: np.testing.assert_equal(a.shape, b.shape), mapped, ref)
+    train_ds, _ = small_datasets(n_train=8)
+    labels = train_ds["label"].astype(np.int32)
+    loss, logits = jax.jit(baseline.loss_fn)(mapped, train_ds["image"], labels)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(model(train.to_float(
+        train_ds["image"]))), rtol=1e-4, atol=1e-4)
+    ref_loss = train.cross_entropy_loss(logits, labels)
+    assert float(loss) == pytest.approx(float(ref_loss), rel=1e-5)
+
+
+def test_bad_data_dir_is_one_error_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(HERE / "train.py"), f"--data_dir={tmp_path}",
+         f"--output_dir={tmp_path / 'out'}"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(HERE.parents[1])})
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: ") and "train-images-idx3-ubyte" in last, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_plain_jax_baseline_trains_like_flaxen():
+    """From the same parameters, three steps of both train steps give the same parameters."""
+    from examples.segmentation import plain_jax_baseline as baseline
+
+    train_ds, _ = small_datasets(n_train=48)
+    model = train.create_model(jax.random.PRNGKey(4))
+    optimizer = train.create_optimizer(model, 3e-3)
+    learning_rate_fn = train.create_learning_rate_fn(3e-3, 3, 2)  # 6 steps in all
+    params = baseline.from_flaxen(model.params)
+    tx, plain_step = baseline.make_train_step(3e-3, 6)
+    opt_state = tx.init(params)
+    for i in range(3):
+        batch = {k: v[16 * i:16 * (i + 1)] for k, v in train_ds.items()}
+        optimizer, m1 = train.train_step(optimizer, batch, learning_rate_fn)
+        with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes dtypes
+            params, opt_state, m2 = plain_step(params, opt_state, batch)
+        assert float(m1["loss"]) == pytest.approx(float(m2["loss"]), rel=1e-4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5),
+                 baseline.from_flaxen(optimizer.target.params), params)
