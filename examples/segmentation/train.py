@@ -44,32 +44,37 @@ except ImportError:  # as a script, `python examples/segmentation/train.py`, or 
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_float('learning_rate', 3e-3,
-                   'Adam learning rate at step 0; it decays to 0 along a half cosine.')
-flags.DEFINE_integer('batch_size', 32, 'Canvases per training step (all processes together).')
-flags.DEFINE_integer('num_epochs', 4, 'Number of training epochs.')
-flags.DEFINE_enum('dataset', 'fashion_mnist', ['fashion_mnist', 'mnist'],
-                  'Which images fill the canvases (the default folder and the class names).')
-flags.DEFINE_string('data_dir', None,
-                    'Folder with the four IDX files. Default: $FLAXEN_DATA/fashion-mnist (or '
-                    '/mnist) if it exists, else /usr/share/datasets/fashion-mnist.')
-flags.DEFINE_string('cache_dir', None,
-                    'Where generated canvases are cached (default $FLAXEN_DATA_CACHE/'
-                    'segmentation or ~/.cache/flaxen/datasets/segmentation).')
-flags.DEFINE_integer('num_train_canvases', 12000, 'Training canvases (from training images).')
-flags.DEFINE_integer('num_test_canvases', 2000, 'Test canvases (from test images).')
-flags.DEFINE_integer('data_seed', 0, 'Seed of the canvas generator.')
-flags.DEFINE_string('output_dir', '/tmp/flaxen_segmentation',
-                    'Where checkpoints, TensorBoard events, metrics.jsonl and the plots go.')
-flags.DEFINE_bool('resume', False, 'Continue from the last checkpoint in --output_dir.')
-flags.DEFINE_integer('num_devices', 0,
-                     'Train data-parallel over this many local devices (0: all of them).')
-flags.DEFINE_integer('seed', 0, 'Seed of the parameter initialisation and of the shuffling.')
-flags.DEFINE_bool('progress', True, 'Show a progress bar per epoch.')
-flags.DEFINE_string('coordinator_address', None,
-                    'HOST:PORT of process 0, for a run over several processes.')
-flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator_address).')
-flags.DEFINE_integer('process_id', None, 'This process, 0..N-1 (with --coordinator_address).')
+
+def define_flags():
+    """Defined only when run as a script, so that tests can import several examples'
+    train.py files into one process without clashing flag names."""
+    flags.DEFINE_float('learning_rate', 3e-3,
+                       'Adam learning rate at step 0; it decays to 0 along a half cosine.')
+    flags.DEFINE_integer('batch_size', 32, 'Canvases per training step (all processes together).')
+    flags.DEFINE_integer('num_epochs', 4, 'Number of training epochs.')
+    flags.DEFINE_enum('dataset', 'fashion_mnist', ['fashion_mnist', 'mnist'],
+                      'Which images fill the canvases (the default folder and the class names).')
+    flags.DEFINE_string('data_dir', None,
+                        'Folder with the four IDX files. Default: $FLAXEN_DATA/fashion-mnist (or '
+                        '/mnist) if it exists, else /usr/share/datasets/fashion-mnist.')
+    flags.DEFINE_string('cache_dir', None,
+                        'Where generated canvases are cached (default $FLAXEN_DATA_CACHE/'
+                        'segmentation or ~/.cache/flaxen/datasets/segmentation).')
+    flags.DEFINE_integer('num_train_canvases', 12000, 'Training canvases (from training images).')
+    flags.DEFINE_integer('num_test_canvases', 2000, 'Test canvases (from test images).')
+    flags.DEFINE_integer('data_seed', 0, 'Seed of the canvas generator.')
+    flags.DEFINE_string('output_dir', '/tmp/flaxen_segmentation',
+                        'Where checkpoints, TensorBoard events, metrics.jsonl and the plots go.')
+    flags.DEFINE_bool('resume', False, 'Continue from the last checkpoint in --output_dir.')
+    flags.DEFINE_integer('num_devices', 0,
+                         'Train data-parallel over this many local devices (0: all of them).')
+    flags.DEFINE_integer('seed', 0, 'Seed of the parameter initialisation and of the shuffling.')
+    flags.DEFINE_bool('progress', True, 'Show a progress bar per epoch.')
+    flags.DEFINE_string('coordinator_address', None,
+                        'HOST:PORT of process 0, for a run over several processes.')
+    flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator_address).')
+    flags.DEFINE_integer('process_id', None, 'This process, 0..N-1 (with --coordinator_address).')
+
 
 EVAL_BATCH_SIZE = 200
 LOG_EVERY = 10  # steps per training-loss row in metrics.jsonl and TensorBoard
@@ -413,4 +418,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+    define_flags()
     app.run(main)
