@@ -59,7 +59,7 @@ def train_step(optimizer, batch):
     def loss_fn(model):
         log_probs = model(batch['image'])
         return -jnp.mean(jnp.take_along_axis(log_probs, batch['label'][:, None], axis=1))
-    optimizer, loss, _ = optimizer.optimize(loss_fn)
+    optimizer, loss = optimizer.optimize(loss_fn)  # a bare loss: (optimizer, loss)
     return optimizer, loss
 
 
