@@ -21,7 +21,7 @@ from jax import lax
 
 from flaxen.errors import LayerArgumentError, ShapeError
 from flaxen.nn import initializers
-from flaxen.nn._layer_util import InitFn, where
+from flaxen.nn._layer_util import InitFn, call_init, where
 from flaxen.nn.activation import sigmoid, tanh
 from flaxen.nn.base import Module
 from flaxen.nn.linear import Dense, default_kernel_init
@@ -81,10 +81,11 @@ class LSTMCell(Module):
     @staticmethod
     def initialize_carry(rng: jax.Array, batch_dims: Sequence[int], size: int,
                          init_fn: InitFn = initializers.zeros) -> tuple[jax.Array, jax.Array]:
-        """``(c, h)``, each ``init_fn(key, batch_dims + (size,))`` (zeros by default)."""
+        """``(c, h)``, each ``init_fn(key, batch_dims + (size,), float32)`` (zeros by
+        default; a two-argument ``init_fn(key, shape)`` works too)."""
         k1, k2 = jax.random.split(rng)
         shape = tuple(batch_dims) + (size,)
-        return init_fn(k1, shape), init_fn(k2, shape)
+        return call_init(init_fn, k1, shape), call_init(init_fn, k2, shape)
 
 
 class GRUCell(Module):
@@ -128,8 +129,9 @@ class GRUCell(Module):
     @staticmethod
     def initialize_carry(rng: jax.Array, batch_dims: Sequence[int], size: int,
                          init_fn: InitFn = initializers.zeros) -> jax.Array:
-        """``init_fn(rng, batch_dims + (size,))`` (zeros by default)."""
-        return init_fn(rng, tuple(batch_dims) + (size,))
+        """``init_fn(rng, batch_dims + (size,), float32)`` (zeros by default; a two-argument
+        ``init_fn(key, shape)`` works too)."""
+        return call_init(init_fn, rng, tuple(batch_dims) + (size,))
 
 
 class RNN(Module):

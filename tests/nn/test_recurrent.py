@@ -106,3 +106,16 @@ def test_rnn_init_by_shape_and_errors(rng):
     assert params["RNN_0"]["cell"]["ir"]["kernel"].shape == (5, 3)
     with pytest.raises(ShapeError, match=r"GRUCell.*\(2, 3\).*\(3, 5\)"):
         nn.GRUCell.init(rng, jnp.zeros((2, 3)), jnp.zeros((3, 5)))
+
+
+def test_initialize_carry_calls_initializers_with_a_dtype():
+    # jax.nn.initializers take (key, shape, dtype); one whose dtype is required must work.
+    def ones_required_dtype(key, shape, dtype):
+        del key
+        return jnp.ones(shape, dtype)
+
+    c, h = nn.LSTMCell.initialize_carry(jax.random.PRNGKey(0), (2,), 3, ones_required_dtype)
+    np.testing.assert_array_equal(np.asarray(c), np.ones((2, 3), np.float32))
+    np.testing.assert_array_equal(np.asarray(h), np.ones((2, 3), np.float32))
+    carry = nn.GRUCell.initialize_carry(jax.random.PRNGKey(0), (4,), 5, ones_required_dtype)
+    assert carry.shape == (4, 5) and carry.dtype == jnp.float32
