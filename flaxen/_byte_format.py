@@ -92,7 +92,8 @@ def _dtype_name(dtype: np.dtype) -> str:
     return name
 
 
-def _is_key_array(x: Any) -> bool:
+def is_key_array(x: Any) -> bool:
+    """Whether ``x`` is a typed PRNG key array (``jax.random.key``); stored as its key data."""
     dtype = getattr(x, "dtype", None)
     try:
         return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
@@ -117,7 +118,7 @@ def _prepare(x: Any, fmt: Format, depth: int = 0) -> Any:
     if isinstance(x, list | tuple):
         return [_prepare(v, fmt, depth + 1) for v in x]
     if isinstance(x, jax.Array):
-        x = _host_array(jax.random.key_data(x) if _is_key_array(x) else x)
+        x = _host_array(jax.random.key_data(x) if is_key_array(x) else x)
     if isinstance(x, np.ndarray | np.generic) and not x.dtype.isnative:
         x = x.astype(x.dtype.newbyteorder("="))  # files hold native (little-endian) bytes
     if isinstance(x, np.ndarray):

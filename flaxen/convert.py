@@ -26,6 +26,7 @@ import numpy as np
 
 from flaxen.errors import SerializationError
 from flaxen.nn.collection import Collection
+from flaxen.traverse_util import unflatten_dict
 
 _AUTO_NAME = re.compile(r"^(?P<cls>.+)_(?P<index>\d+)$")
 
@@ -80,16 +81,6 @@ def _state_paths(state: Collection | None) -> dict[tuple[str, ...], Any]:
             for path, value in state.as_dict().items()}
 
 
-def _nest(flat: dict[tuple[str, ...], Any]) -> Params:
-    out: Params = {}
-    for path, value in flat.items():
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
-    return out
-
-
 def flaxen_to_linen(params: Params, state: Collection | None = None) -> dict[str, Params]:
     """Flax Linen variables for a flaxen model's params and (BatchNorm) state.
 
@@ -106,7 +97,7 @@ def flaxen_to_linen(params: Params, state: Collection | None = None) -> dict[str
     names = _tree_of_names(params, [list(p) for p in flat_state])
     variables = {"params": _rename(params, names, invert=False)}
     if flat_state:
-        variables["batch_stats"] = _rename(_nest(flat_state), names, invert=False)
+        variables["batch_stats"] = _rename(unflatten_dict(flat_state), names, invert=False)
     return variables
 
 
@@ -186,7 +177,7 @@ def flatten_params(params: Params, sep: str = "/") -> dict[str, np.ndarray]:
 
 def unflatten_params(flat: dict[str, Any], sep: str = "/") -> Params:
     """The nested params dict back from ``flatten_params``'s flat map."""
-    return _nest({tuple(key.split(sep)): value for key, value in flat.items()})
+    return unflatten_dict(flat, sep=sep)
 
 
 def save_safetensors(params: Params, path: str | os.PathLike[str],

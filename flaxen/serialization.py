@@ -32,6 +32,7 @@ import numpy as np
 
 from flaxen import _byte_format
 from flaxen._byte_format import FORMAT_VERSION, MAX_DEPTH, Format  # noqa: F401
+from flaxen._byte_format import is_key_array as is_key_array
 from flaxen.errors import SerializationError
 from flaxen.nn.base import Model
 from flaxen.nn.collection import Collection
@@ -141,15 +142,6 @@ def from_state_dict(target: Any, state: Any, name: str | None = None) -> Any:
     finally:
         if name is not None:
             parts.pop()
-
-
-def is_key_array(x: Any) -> bool:
-    """Whether ``x`` is a typed PRNG key array (``jax.random.key``); stored as its key data."""
-    dtype = getattr(x, "dtype", None)
-    try:
-        return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
-    except TypeError:
-        return False
 
 
 def _restore_leaf(target: Any, state: Any) -> Any:

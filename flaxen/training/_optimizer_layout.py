@@ -17,6 +17,7 @@ import numpy as np
 from flaxen import optim, serialization
 from flaxen.errors import CheckpointError
 from flaxen.nn.base import Model
+from flaxen.traverse_util import unflatten_dict
 
 # optax state field -> pre-release per-parameter field, per optimizer.
 FIELDS: dict[type, dict[str, str]] = {
@@ -40,16 +41,6 @@ def _flat(tree: Any, prefix: Path = ()) -> dict[Path, Any]:
             out.update(_flat(v, (*prefix, k)))
         return out
     return {prefix: tree}
-
-
-def _unflat(flat: dict[Path, Any]) -> Any:
-    root: dict[str, Any] = {}
-    for path, value in flat.items():
-        node = root
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = value
-    return root
 
 
 def _native_entries(opt: optim.Optimizer) -> tuple[dict[Path, Any], list[Path], Path]:
@@ -99,7 +90,7 @@ def to_prerelease(opt: optim.Optimizer, state: dict[str, Any]) -> dict[str, Any]
             raise CheckpointError(
                 f"Cannot write {'/'.join(path)} of a {type(opt.optimizer_def).__name__} "
                 "state in the pre-release layout. Save with the default layout.")
-    param_states = _unflat(out) if out else {}
+    param_states = unflatten_dict(out) if out else {}
     return {**state, "state": {"step": step, "param_states": param_states}}
 
 
@@ -129,7 +120,7 @@ def to_native(opt: optim.Optimizer, state: Any) -> Any:
             out[path] = np.asarray(step, np.asarray(value).dtype)
         else:
             out[path] = value
-    return {**state, "state": {"step": step, "param_states": _unflat(out)}}
+    return {**state, "state": {"step": step, "param_states": unflatten_dict(out)}}
 
 
 def map_optimizers(target: Any, state: Any, fn: Any) -> Any:
