@@ -25,6 +25,37 @@ import jax
 from flaxen.errors import FlaxenError
 
 
+def path_to_str(path: Any) -> str:
+    """The one spelling of a parameter path: keys joined by ``/`` with no leading slash.
+
+    Every place flaxen prints or stores a path (errors, summaries, optimizer and checkpoint
+    messages, golden files) uses this, so ``('params', 'Conv_0', 'kernel')`` always reads
+    ``params/Conv_0/kernel``.
+
+    Args:
+      path: a tuple of keys (str, int, or ``jax.tree_util`` key entries such as ``DictKey``,
+        ``GetAttrKey``, ``SequenceKey``), or an already joined string (returned stripped of
+        leading and trailing slashes).
+
+    Returns:
+      The keys joined by ``/``; the empty string for the empty path.
+
+    Example:
+        >>> path_to_str(('params', 'Dense_0', 'kernel'))
+        'params/Dense_0/kernel'
+    """
+    if isinstance(path, str):
+        return path.strip("/")
+    parts = []
+    for key in path:
+        for attr in ("key", "name", "idx"):  # DictKey, GetAttrKey, SequenceKey
+            if hasattr(key, attr) and not isinstance(key, (str, int)):
+                key = getattr(key, attr)
+                break
+        parts.append(str(key))
+    return "/".join(p for p in parts if p != "")
+
+
 def flatten_dict(xs: dict[Any, Any], keep_empty_nodes: bool = False,
                  sep: str | None = None) -> dict[Any, Any]:
     """Flattens a nested dict into ``{path: leaf}``.

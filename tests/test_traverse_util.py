@@ -65,3 +65,16 @@ def test_tree_update_on_arrays():
     out = t_identity.tree().update(lambda x: x + 1, params)
     np.testing.assert_array_equal(out["w"], [2.0, 2.0])
     np.testing.assert_array_equal(params["w"], [1.0, 1.0])
+
+
+def test_path_to_str_is_one_spelling_for_tuples_strings_and_key_entries():
+    import jax
+
+    from flaxen.traverse_util import path_to_str
+
+    assert path_to_str(("params", "Conv_0", "kernel")) == "params/Conv_0/kernel"
+    assert path_to_str("/Dense_0/kernel/") == "Dense_0/kernel"
+    assert path_to_str(()) == ""
+    tree = {"a": {"b": [1, 2]}}
+    paths = [path_to_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    assert paths == ["a/b/0", "a/b/1"]
