@@ -26,7 +26,7 @@ import numpy as np
 
 from flaxen.errors import SerializationError
 from flaxen.nn.collection import Collection
-from flaxen.traverse_util import unflatten_dict
+from flaxen.traverse_util import path_to_str, unflatten_dict
 
 _AUTO_NAME = re.compile(r"^(?P<cls>.+)_(?P<index>\d+)$")
 
@@ -85,13 +85,13 @@ def flaxen_to_linen(params: Params, state: Collection | None = None) -> dict[str
     """Flax Linen variables for a flaxen model's params and (BatchNorm) state.
 
     Args:
-        params: the flaxen params dict, e.g. ``{"Conv_0": {...}, "Dense_1": {...}}``.
-        state: the model's state Collection (BatchNorm ``mean``/``var``), or None.
+      params: the flaxen params dict, e.g. ``{"Conv_0": {...}, "Dense_1": {...}}``.
+      state: the model's state Collection (BatchNorm ``mean``/``var``), or None.
 
     Returns:
-        ``{"params": ..., "batch_stats": ...}`` with Linen's per-class names
-        (``batch_stats`` only when ``state`` holds entries), ready for
-        ``linen_module.apply(variables, x)``. Arrays are the same objects, not copies.
+      ``{"params": ..., "batch_stats": ...}`` with Linen's per-class names
+      (``batch_stats`` only when ``state`` holds entries), ready for
+      ``linen_module.apply(variables, x)``. Arrays are the same objects, not copies.
     """
     flat_state = _state_paths(state)
     names = _tree_of_names(params, [list(p) for p in flat_state])
@@ -106,18 +106,18 @@ def linen_to_flaxen(variables: dict[str, Params], params_template: Params,
     """flaxen params and state from Flax Linen variables of the same architecture.
 
     Args:
-        variables: Linen variables, ``{"params": ..., "batch_stats": ...}`` (a bare params
-            dict is accepted too).
-        params_template: params of the flaxen model (from ``init``), giving the flaxen names;
-            only the structure and shapes are used.
-        state_template: the flaxen model's state Collection when it has BatchNorm layers.
+      variables: Linen variables, ``{"params": ..., "batch_stats": ...}`` (a bare params
+        dict is accepted too).
+      params_template: params of the flaxen model (from ``init``), giving the flaxen names;
+        only the structure and shapes are used.
+      state_template: the flaxen model's state Collection when it has BatchNorm layers.
 
     Returns:
-        ``(params, state)``: the values from ``variables`` under flaxen's names, and a
-        Collection of the BatchNorm statistics (None when ``state_template`` is None).
+      ``(params, state)``: the values from ``variables`` under flaxen's names, and a
+      Collection of the BatchNorm statistics (None when ``state_template`` is None).
 
     Raises:
-        SerializationError: a name or shape in ``variables`` does not match the template.
+      SerializationError: a name or shape in ``variables`` does not match the template.
     """
     linen_params = variables.get("params", variables)
     template_state = _state_paths(state_template)
@@ -130,6 +130,8 @@ def linen_to_flaxen(variables: dict[str, Params], params_template: Params,
     stats = variables.get("batch_stats", {})
     _check_same("batch_stats", want.get("batch_stats", {}), stats)
     nested = _rename(stats, names, invert=True)
+    # Collection keys keep the pre-release spelling ('/BatchNorm_1'), which is pre-release
+    # API (nn.Collection); everything printed uses path_to_str.
     flat = {"/" + "/".join(path): _get(nested, path) for path in template_state}
     return params, Collection(flat)
 
@@ -140,19 +142,20 @@ def _get(tree: Params, path: tuple[str, ...]) -> Any:
     return tree
 
 
-def _check_same(where: str, want: Any, got: Any, path: str = "") -> None:
+def _check_same(where: str, want: Any, got: Any, keys: tuple[str, ...] = ()) -> None:
+    at = path_to_str((where, *keys))
     if isinstance(want, dict):
         if not isinstance(got, dict) or set(want) != set(got):
             got_keys = sorted(got) if isinstance(got, dict) else type(got).__name__
             raise SerializationError(
-                f"linen_to_flaxen: Linen `{where}` at `{path or '/'}` has {got_keys}, the "
+                f"linen_to_flaxen: the Linen variables at `{at}` have {got_keys}, the "
                 f"flaxen template expects {sorted(want)} (after renaming to Linen's per-class "
                 f"numbering). Pass the params of the same architecture as the template.")
         for key in want:
-            _check_same(where, want[key], got[key], f"{path}/{key}")
+            _check_same(where, want[key], got[key], (*keys, key))
     elif np.shape(want) != np.shape(got):
         raise SerializationError(
-            f"linen_to_flaxen: Linen `{where}` at `{path}` has shape {np.shape(got)}, the "
+            f"linen_to_flaxen: the Linen variable `{at}` has shape {np.shape(got)}, the "
             f"flaxen template expects {np.shape(want)}.")
 
 
@@ -160,18 +163,18 @@ def flatten_params(params: Params, sep: str = "/") -> dict[str, np.ndarray]:
     """``{"Dense_0/kernel": array}``: nested params as one flat map of NumPy arrays."""
     flat: dict[str, np.ndarray] = {}
 
-    def walk(node: Params, prefix: str) -> None:
+    def walk(node: Params, keys: tuple[str, ...]) -> None:
         for key, value in node.items():
             if not isinstance(key, str) or sep in key:
                 raise SerializationError(
-                    f"flatten_params: key {key!r} at `{prefix or '/'}` must be a string "
-                    f"without {sep!r} to make a flat path.")
+                    f"flatten_params: key {key!r} at `{path_to_str(keys) or '<root>'}` must "
+                    f"be a string without {sep!r} to make a flat path.")
             if isinstance(value, dict):
-                walk(value, prefix + key + sep)
+                walk(value, (*keys, key))
             else:
-                flat[prefix + key] = np.asarray(value)
+                flat[sep.join((*keys, key))] = np.asarray(value)
 
-    walk(params, "")
+    walk(params, ())
     return flat
 
 
@@ -185,10 +188,10 @@ def save_safetensors(params: Params, path: str | os.PathLike[str],
     """Writes params (any float or int dtype, bfloat16 included) to a safetensors file.
 
     Args:
-        params: nested dict of arrays; each is stored under its slash path
-            (``"Dense_0/kernel"``). Empty sub-dicts are not stored.
-        path: the file to write.
-        metadata: optional string-to-string header entries.
+      params: nested dict of arrays; each is stored under its slash path
+        (``"Dense_0/kernel"``). Empty sub-dicts are not stored.
+      path: the file to write.
+      metadata: optional string-to-string header entries.
     """
     from safetensors.numpy import save_file
 

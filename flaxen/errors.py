@@ -108,10 +108,16 @@ class StateEntryMissingError(MissingStateError):
     """A state collection is active, but it has no entry for this module."""
 
     def __init__(self, path: str, what: str, have: list[str]):
+        # Imported here: traverse_util imports this module. The Collection's keys are
+        # stored in the pre-release spelling ('/BatchNorm_0'); the message prints them in
+        # the one spelling of paths, like the module path it names.
+        from flaxen.traverse_util import path_to_str
+
+        entries = sorted(path_to_str(h) or "<root>" for h in have)
         FlaxenError.__init__(
             self,
             f'Module "{path}" needs {what} from the state collection, but the collection '
-            f"has no entry for it (its entries: {sorted(have) or 'none, it is empty'}). "
+            f"has no entry for it (its entries: {entries or 'none, it is empty'}). "
             "Pass the state made by `init_with_state` (or returned by the training step), "
             "not an empty `nn.Collection()`; a module path that differs from the one at init "
             "(another `name=`) gives this error too.",

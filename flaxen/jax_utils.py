@@ -31,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from flaxen.errors import FlaxenError, ReplicationError, ScanAxisError
+from flaxen.traverse_util import path_to_str
 
 _DEVICE_AXIS = "devices"
 
@@ -63,7 +64,7 @@ def is_stacked(x: Any) -> bool:
 
 
 def _where(path: Any) -> str:
-    return jax.tree_util.keystr(path) or "<root>"
+    return path_to_str(path) or "<root>"
 
 
 def replicate(tree: Any, devices: Sequence[jax.Device] | None = None) -> Any:
@@ -287,7 +288,7 @@ def _to_front(x: Any, axes: tuple[int, ...]) -> Any:
 
 def _from_front(x: Any, axes: tuple[int, ...]) -> Any:
     rest = [d for d in range(x.ndim) if d not in axes]
-    return jnp.transpose(x, np.argsort(axes + tuple(rest)))
+    return jnp.transpose(x, tuple(int(i) for i in np.argsort(axes + tuple(rest))))
 
 
 def scan_in_dim(body_fn: Callable[[Any, Any], tuple[Any, Any]], init: Any, xs: Any,

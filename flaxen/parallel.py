@@ -29,6 +29,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from flaxen import errors
+from flaxen.traverse_util import path_to_str
 
 BATCH_AXIS = "batch"
 
@@ -80,7 +81,7 @@ def _one_copy(path: Any, x: Any) -> Any:
     if x.is_fully_addressable:
         return jax.device_put(x, jax.local_devices()[0])
     raise errors.ReplicationError(
-        f'Cannot unreplicate the array at "{jax.tree_util.keystr(path)}": it is sharded '
+        f'Cannot unreplicate the array at "{path_to_str(path) or "<root>"}": it is sharded '
         f"({x.sharding}) across processes, so no process holds a full copy. Gather it "
         "first, e.g. with `jax.experimental.multihost_utils.process_allgather`.")
 
@@ -125,7 +126,7 @@ def shard_batch(batch: Any, mesh: Mesh | None = None, axis_name: str = BATCH_AXI
     local_n = n // jax.process_count() if multi else n
 
     def split(path: Any, x: Any) -> Any:
-        where = jax.tree_util.keystr(path) or "<root>"
+        where = path_to_str(path) or "<root>"
         if np.ndim(x) == 0:
             raise errors.ReplicationError(
                 f'The batch leaf at "{where}" is a scalar; every batch array needs a leading '

@@ -36,6 +36,7 @@ from flaxen._byte_format import is_key_array as is_key_array
 from flaxen.errors import SerializationError
 from flaxen.nn.base import Model
 from flaxen.nn.collection import Collection
+from flaxen.traverse_util import path_to_str
 
 DECODE_OVERHEAD_FACTOR = 4
 DECODE_OVERHEAD_FLOOR = 16 * 2**20
@@ -87,9 +88,13 @@ def _handler(x: Any) -> tuple[ToFn, FromFn] | None:
 
 
 def current_path() -> str:
-    """The path (``/a/b``) being restored; used in error messages of handlers."""
-    parts = getattr(_path_stack, "parts", [])
-    return "/" + "/".join(parts) if parts else "/"
+    """The path being restored (``params/Dense_0/kernel``; ``""`` at the top), for the
+    error messages of handlers. Spelled by ``traverse_util.path_to_str``."""
+    return path_to_str(getattr(_path_stack, "parts", []))
+
+
+def _where() -> str:
+    return current_path() or "<root>"
 
 
 def to_state_dict(target: Any) -> Any:
@@ -167,7 +172,7 @@ def _restore_leaf(target: Any, state: Any) -> Any:
 def _expect_dict(target: Any, state: Any) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise SerializationError(
-            f'At "{current_path()}": expected a dict (the state of a {type(target).__name__}), '
+            f'At "{_where()}": expected a dict (the state of a {type(target).__name__}), '
             f"got {type(state).__name__}. The data does not belong to this target."
         )
     return state
@@ -189,7 +194,7 @@ def _dict_from_state_dict(xs: dict[Any, Any], state: Any) -> dict[Any, Any]:
     extra = sorted(set(state) - set(keys))
     if missing or extra:
         raise SerializationError(
-            f'At "{current_path()}": the state dict keys do not match the target. Missing: '
+            f'At "{_where()}": the state dict keys do not match the target. Missing: '
             f"{missing}; unexpected: {extra}. For partial restores use "
             "`checkpoints.restore_checkpoint(..., strict=False)`."
         )
@@ -204,7 +209,7 @@ def _restore_items(xs: Any, state: Any) -> list[Any]:
     state = _expect_dict(xs, state)
     if set(state) != {str(i) for i in range(len(xs))}:
         raise SerializationError(
-            f'At "{current_path()}": the {type(xs).__name__} has {len(xs)} entries but the '
+            f'At "{_where()}": the {type(xs).__name__} has {len(xs)} entries but the '
             f"state dict has keys {sorted(state)[:10]}."
         )
     return [from_state_dict(v, state[str(i)], name=str(i)) for i, v in enumerate(xs)]
@@ -237,7 +242,7 @@ def _check_fields(ty: type, fields: list[str], state: dict[str, Any]) -> None:
     extra = sorted(set(state) - set(fields))
     if missing or extra:
         raise SerializationError(
-            f'At "{current_path()}": the state dict does not fit {ty.__name__}, whose fields '
+            f'At "{_where()}": the state dict does not fit {ty.__name__}, whose fields '
             f"are {fields}. Missing field(s): {missing}; unknown field(s): {extra}."
         )
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 import copy
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import jax
@@ -25,7 +25,7 @@ import jax
 from flaxen.errors import FlaxenError
 
 
-def path_to_str(path: Any) -> str:
+def path_to_str(path: str | Iterable[Any]) -> str:
     """The one spelling of a parameter path: keys joined by ``/`` with no leading slash.
 
     Every place flaxen prints or stores a path (errors, summaries, optimizer and checkpoint
@@ -35,10 +35,13 @@ def path_to_str(path: Any) -> str:
     Args:
       path: a tuple of keys (str, int, or ``jax.tree_util`` key entries such as ``DictKey``,
         ``GetAttrKey``, ``SequenceKey``), or an already joined string (returned stripped of
-        leading and trailing slashes).
+        leading and trailing slashes). A key that is itself a slash path, such as the
+        ``'/BatchNorm_1'`` keys of an ``nn.Collection``, is stripped of its outer slashes,
+        so ``('state', '/BatchNorm_1', 'mean')`` reads ``state/BatchNorm_1/mean``.
 
     Returns:
-      The keys joined by ``/``; the empty string for the empty path.
+      The keys joined by ``/``; the empty string for the empty path (callers print it
+      as ``<root>``).
 
     Example:
         >>> path_to_str(('params', 'Dense_0', 'kernel'))
@@ -52,7 +55,7 @@ def path_to_str(path: Any) -> str:
             if hasattr(key, attr) and not isinstance(key, (str, int)):
                 key = getattr(key, attr)
                 break
-        parts.append(str(key))
+        parts.append(str(key).strip("/"))
     return "/".join(p for p in parts if p != "")
 
 

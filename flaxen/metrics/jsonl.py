@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
+from jax.typing import ArrayLike
 
 from flaxen.errors import FlaxenError
 from flaxen.metrics._process import writes_here
@@ -53,7 +54,7 @@ class JsonlWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", encoding="utf-8")  # closed in close()
 
-    def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+    def write(self, step: int, metrics: Mapping[str, ArrayLike | str | None]) -> None:
         """Writes ``metrics`` (numbers, NumPy or JAX scalars or arrays) at ``step``."""
         if self._closed:
             raise MetricsFileError(f"JsonlWriter for {self.path} is closed.")
@@ -64,7 +65,7 @@ class JsonlWriter:
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
 
-    def scalar(self, tag: str, value: Any, step: int) -> None:
+    def scalar(self, tag: str, value: ArrayLike, step: int) -> None:
         """``SummaryWriter``-style spelling: one metric at ``step``."""
         self.write(step, {tag: value})
 

@@ -52,6 +52,6 @@ def trace_state() -> Any:
 
 
 def current_path() -> str:
-    """The slash path of the innermost running module, for error messages."""
+    """How error messages name the innermost running module (``Conv_0``; see ``_Frame.label``)."""
     frame = current_frame()
     return frame.label() if frame is not None else "<top level>"

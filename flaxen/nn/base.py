@@ -39,6 +39,7 @@ from flaxen.nn import collection as _coll
 from flaxen.nn import stochastic as _stoch
 from flaxen.nn._context import current_frame, pushed, stacks, trace_state
 from flaxen.nn._layer_util import call_init
+from flaxen.traverse_util import path_to_str
 
 Params = dict[str, Any]
 InitFn = Callable[[jax.Array, Any], Any]  # (key, shape) -> value
@@ -51,14 +52,17 @@ def fold_in_str(rng: jax.Array, name: str) -> jax.Array:
 
 
 def _join(parent_path: str, name: str) -> str:
+    # Collection keys keep the pre-release spelling ('/BatchNorm_0', root '/'): they are
+    # pre-release API (state dicts, capture_module_outputs, truncate_at). Messages print
+    # paths with path_to_str instead (see _Frame.label).
     return parent_path.rstrip("/") + "/" + name
 
 
 class _Frame:
     """One run of one module: its scope of names and its level of the params dict."""
 
-    __slots__ = ("name", "parent", "params", "rng", "path", "counter", "claimed", "shared",
-                 "class_name", "transparent", "trace")
+    __slots__ = ("name", "parent", "params", "rng", "path", "keys", "counter", "claimed",
+                 "shared", "class_name", "transparent", "trace")
 
     def __init__(self, name: str | None, parent: _Frame | None, params: Params, rng: Any,
                  class_name: str = "", transparent: bool = False, trace: Any = None):
@@ -74,23 +78,38 @@ class _Frame:
         self.parent = parent
         self.params = params
         self.rng = rng  # None in apply mode
+        # path: the Collection key; keys: where this module's params sit in the params
+        # dict (a root's own name= is not a level of its params).
+        self.keys: tuple[str, ...] = ()
         if parent is None:
             self.path = "/" if name is None else "/" + name
         elif transparent_parent or name is None:
-            self.path = parent.path
+            self.path, self.keys = parent.path, parent.keys
         else:
-            self.path = _join(parent.path, name)
+            self.path, self.keys = _join(parent.path, name), (*parent.keys, name)
         self.counter = 0
         self.claimed: dict[str, str] = {}  # name -> "parameter" | "module" | "shared module"
         self.shared: set[str] = set()  # names reserved by .shared() in this frame
 
-    def label(self, name: str | None = None) -> str:
-        """The path for messages, led by the root module's class: ``CNN/Dense_2/kernel``."""
+    def label(self, name: str | None = None, collection: str | None = None) -> str:
+        """How messages name this module, a child, or an entry (``traverse_util.path_to_str``).
+
+        ``label()`` is this module (``Conv_0``; the root module by its class name, e.g.
+        ``CNN``), ``label('Dense_1')`` a child module, and ``label('kernel', 'params')``
+        an entry of a collection: ``params/Conv_0/kernel`` (as in a Model's pytree and its
+        checkpoints), or ``state/BatchNorm_1/mean``.
+        """
+        if collection == "state":  # state entries sit under the Collection key
+            return path_to_str((collection, self.path, name))
+        if collection is not None:
+            return path_to_str((collection, *self.keys, name))
+        keys = self.keys if name is None else (*self.keys, name)
+        if keys:
+            return path_to_str(keys)
         root = self
         while root.parent is not None:
             root = root.parent
-        path = self.path if name is None else _join(self.path, name)
-        return root.class_name + ("" if path == "/" else path)
+        return root.class_name
 
     @property
     def is_init(self) -> bool:
@@ -210,7 +229,8 @@ class Module:
                               lambda: fold_in_str(parent.rng, name), strict=False)
         else:
             if name not in parent.params:
-                raise ParamNotFoundError(parent.label(name), "module", list(parent.params))
+                raise ParamNotFoundError(parent.label(name, "params"), "module",
+                                         list(parent.params))
             params = parent.params[name]
             if not isinstance(params, dict):
                 raise ParamsStructureError(parent.label(name), params)
@@ -248,7 +268,7 @@ class Module:
         """
         frame = self._frame
         frame.claim(name, "parameter")
-        path = frame.label(name)
+        path = frame.label(name, "params")
         if frame.is_init and name not in frame.params:
             value = _init_value(frame, path, frame.rng,
                                 lambda: call_init(initializer, fold_in_str(frame.rng, name), shape))
@@ -266,7 +286,7 @@ class Module:
     def get_param(self, name: str) -> Any:
         """The stored value under ``name`` (a parameter, or a child's params dict)."""
         if name not in self._frame.params:
-            raise ParamNotFoundError(self._frame.label(name), "parameter",
+            raise ParamNotFoundError(self._frame.label(name, "params"), "parameter",
                                      list(self._frame.params))
         return self._frame.params[name]
 
@@ -284,7 +304,7 @@ class Module:
         if initializer is not None and not handle.exists():
             base = self._state_base()
             handle.value = _init_value(
-                self._frame, self._frame.label(name), base,
+                self._frame, self._frame.label(name, "state"), base,
                 lambda: call_init(initializer, self._state_key(base, name), shape))
         return handle
 

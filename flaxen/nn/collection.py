@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import types
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Self, TypeVar
 
 import jax
 
@@ -67,7 +67,7 @@ class Collection:
         return f"{type(self).__name__}({self._state!r})"
 
     @contextlib.contextmanager
-    def mutate(self) -> Iterator[Collection]:
+    def mutate(self) -> Iterator[Self]:
         """Yields a mutable copy, which becomes immutable again when the block ends."""
         clone = self._clone()
         clone._mutable = True
@@ -77,7 +77,7 @@ class Collection:
         finally:
             clone._mutable = False
 
-    def _clone(self) -> Collection:
+    def _clone(self) -> Self:
         clone = type(self).__new__(type(self))
         clone._state = dict(self._state)
         clone._anchor = self._anchor
@@ -111,7 +111,7 @@ class Collection:
         if path is None:
             raise CollectionScopeError(
                 f'Trying to {action} state outside the scope of this Collection: module '
-                f'"{frame.path}" is not inside "{self._anchor.path}", where the Collection '
+                f'"{frame.label()}" is not inside "{self._anchor.label()}", where the Collection '
                 "was made. Most likely due to passing around a shared Module; create the "
                 "Collection at a common parent (or at top level).")
         return path
@@ -139,7 +139,7 @@ class Collection:
         frame = current_frame()
         if self._anchor is not None and frame is self._anchor:
             raise CollectionScopeError(
-                f'Module "{frame.path}" stores into a Collection it created itself. State '
+                f'Module "{frame.label()}" stores into a Collection it created itself. State '
                 "should be stored from within a (child) module; consider using the value "
                 "directly instead of storing it in a Collection.")
         self._check_root(frame)
@@ -158,7 +158,7 @@ class Collection:
             raise CollectionScopeError(
                 "When multiple top-level module calls use a Collection each top-level module "
                 f'should have a name: expected one top-level call, got a second one '
-                f'("{root.path}" after "{first.path}") storing into the same '
+                f'("{root.label()}" after "{first.label()}") storing into the same '
                 "Collection, so their entries would overwrite each other. Pass `name=` to "
                 "each top-level call (e.g. `A.init(rng, x, name='a')`), or use a separate "
                 "`mutate()` scope for each.")
@@ -178,7 +178,14 @@ def _flatten(c: Collection) -> tuple[list[Any], tuple[Any, ...]]:
     return [c._state[k] for k in keys], (type(c), keys, c._anchor)
 
 
-def _unflatten(aux: tuple[Any, ...], children: list[Any]) -> Collection:
+def _flatten_with_keys(c: Collection) -> tuple[list[tuple[Any, Any]], tuple[Any, ...]]:
+    # Key paths name each entry by its Collection key, so a BatchNorm mean under
+    # {'state': collection} reads state/BatchNorm_1/mean (traverse_util.path_to_str).
+    children, aux = _flatten(c)
+    return [(jax.tree_util.DictKey(k), v) for k, v in zip(aux[1], children)], aux
+
+
+def _unflatten(aux: tuple[Any, ...], children: Iterable[Any]) -> Any:
     cls, keys, anchor = aux
     c = cls.__new__(cls)
     c._state = dict(zip(keys, children))
@@ -189,13 +196,16 @@ def _unflatten(aux: tuple[Any, ...], children: list[Any]) -> Collection:
     return c
 
 
-jax.tree_util.register_pytree_node(Collection, _flatten, _unflatten)
+C = TypeVar("C", bound=Collection)
 
 
-def register_collection(cls: type[Collection]) -> type[Collection]:
+def register_collection(cls: type[C]) -> type[C]:
     """Registers a Collection subclass (such as an attention ``Cache``) as a pytree."""
-    jax.tree_util.register_pytree_node(cls, _flatten, _unflatten)
+    jax.tree_util.register_pytree_with_keys(cls, _flatten_with_keys, _unflatten, _flatten)
     return cls
+
+
+register_collection(Collection)
 
 
 @contextlib.contextmanager

@@ -128,7 +128,7 @@ def _serialize_collection(aux: tuple[Any, ...]) -> bytes:
     if anchor is not None:
         raise SerializationError(
             f"jax.export: a {cls.__name__} created inside a running module (anchored at "
-            f"`{anchor.path}`) cannot be exported. Create the Collection at the top level, "
+            f"`{anchor.label()}`) cannot be exported. Create the Collection at the top level, "
             f"outside any module."
         )
     return json.dumps({"class": _class_path(cls), "keys": list(keys)}).encode()

@@ -15,9 +15,16 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
+from jax.typing import ArrayLike
+
+from flaxen.training._checkpoint_files import shown
+
+if TYPE_CHECKING:  # checkpoints imports this module
+    from flaxen.serialization import Format
+    from flaxen.training.checkpoints import Layout
 
 _log = logging.getLogger("flaxen.training.checkpoints")
 
@@ -36,7 +43,7 @@ def _report_at_exit() -> None:
         return
     for path, error in failures:
         _log.error("flaxen: the asynchronous checkpoint save of %s FAILED and the program "
-                   "ended before AsyncCheckpointer.wait() reported it: %s: %s", path,
+                   "ended before AsyncCheckpointer.wait() reported it: %s: %s", shown(path),
                    type(error).__name__, error)
     for handler in logging.getLogger().handlers + _log.handlers:
         handler.flush()
@@ -94,9 +101,9 @@ class AsyncCheckpointer:
         self._thread = threading.Thread(target=run, name="flaxen-checkpoint", daemon=False)
         self._thread.start()
 
-    def save(self, ckpt_dir: str | os.PathLike[str], target: Any, step: int,
+    def save(self, ckpt_dir: str | os.PathLike[str], target: Any, step: ArrayLike,
              prefix: str = "checkpoint_", keep: int = 1, overwrite: bool = False,
-             layout: Any = "flaxen", format: Any = "flaxen") -> str:
+             layout: Layout = "flaxen", format: Format = "flaxen") -> str:
         """Starts saving ``target``; returns the path the checkpoint will have.
 
         Raises:

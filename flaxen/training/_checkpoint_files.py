@@ -33,6 +33,16 @@ _READ_PIECE = 64 * 2**20
 _ORBAX_MARKERS = ("_CHECKPOINT_METADATA", "_METADATA", "commit_success.txt", "manifest.ocdbt")
 
 
+def shown(path: str | os.PathLike[str]) -> str:
+    """``path`` for a message: quoted, and a relative path also resolved against the
+    working directory (``'ckpt/checkpoint_3' (resolved: /home/me/run/ckpt/checkpoint_3)``),
+    so a message read later in a log still names the file."""
+    text = os.fspath(path)
+    if os.path.isabs(text):
+        return repr(text)
+    return f"{text!r} (resolved: {os.path.abspath(text)})"
+
+
 def step_text(step: Any) -> str:
     """The file name suffix of ``step`` (an int, or a 0-d integer array)."""
     if hasattr(step, "ndim") and getattr(step, "ndim", None) == 0 and hasattr(step, "item"):
@@ -67,7 +77,7 @@ def scan(ckpt_dir: str, prefix: str) -> tuple[list[tuple[int, str]], bool]:
     except (FileNotFoundError, NotADirectoryError):
         return [], False
     except OSError as e:
-        raise CheckpointError(f"Cannot list the checkpoint directory {ckpt_dir!r}: {e}") from e
+        raise CheckpointError(f"Cannot list the checkpoint directory {shown(ckpt_dir)}: {e}") from e
     found, saw_tmp = [], False
     for name in names:
         if name.startswith(prefix) and STEP_RE.fullmatch(name[len(prefix):]):
@@ -121,7 +131,7 @@ def latest(ckpt_dir: str, prefix: str) -> str | None:
             return None
         if attempt > 10:
             time.sleep(0.001)
-    raise CheckpointError(f"The checkpoints in {ckpt_dir!r} changed on every one of 1000 "
+    raise CheckpointError(f"The checkpoints in {shown(ckpt_dir)} changed on every one of 1000 "
                           "listings; cannot pick the latest.")
 
 
@@ -169,7 +179,7 @@ def read_file(path: str, max_bytes: int) -> memoryview:
         size = os.fstat(f.fileno()).st_size
         if size > max_bytes:
             raise CheckpointError(
-                f"The checkpoint {path!r} is {size / 2**30:.2f} GiB, above the limit of "
+                f"The checkpoint {shown(path)} is {size / 2**30:.2f} GiB, above the limit of "
                 f"{max_bytes / 2**30:.2f} GiB for one file. If it is yours, pass a larger "
                 "`max_bytes=` (or set `checkpoints.MAX_FILE_BYTES`).")
         buf = bytearray(size)
@@ -200,7 +210,7 @@ def write_error(what: str, path: str, e: OSError) -> CheckpointWriteError:
     }.get(code, (os.strerror(code) if e.errno else str(e), "Fix the cause, or choose "
                  "another ckpt_dir"))
     return CheckpointWriteError(
-        f"Could not {what} {path!r}: {reason} ({e}). No checkpoint was changed: the previous "
+        f"Could not {what} {shown(path)}: {reason} ({e}). No checkpoint was changed: the previous "
         f"checkpoints are intact. {advice}, then save again.")
 
 
@@ -269,7 +279,7 @@ _NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK, errno.EX
 
 def exists_error(ckpt_dir: str, step: str, names: list[str]) -> CheckpointExistsError:
     return CheckpointExistsError(
-        f"Cannot save step {step} in {ckpt_dir!r}: checkpoint(s) of the same or a later "
+        f"Cannot save step {step} in {shown(ckpt_dir)}: checkpoint(s) of the same or a later "
         f"step exist ({names[:5]}). Pass overwrite=True to replace them (later steps are "
         "then removed), or use another ckpt_dir.")
 

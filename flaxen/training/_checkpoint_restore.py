@@ -11,11 +11,14 @@ import numpy as np
 from flaxen import _byte_format, serialization
 from flaxen.errors import CheckpointMismatchError
 from flaxen.training import _optimizer_layout
+from flaxen.training._checkpoint_files import shown
+from flaxen.traverse_util import path_to_str
 
 
 @dataclasses.dataclass(frozen=True)
 class RestoreReport:
-    """What a restore did. Paths are ``/``-joined state dict keys (``params/Dense_0/kernel``).
+    """What a restore did. Paths are state dict keys spelled by ``traverse_util.path_to_str``
+    (``params/Dense_0/kernel``, ``state/BatchNorm_1/mean``; ``<root>`` for a bare leaf).
 
     Attributes:
       path: the checkpoint file read, or None when none was found.
@@ -38,7 +41,8 @@ class RestoreReport:
         return not (self.missing or self.unexpected or self.mismatched)
 
     def __str__(self) -> str:
-        lines = [f"checkpoint {self.path}: {len(self.restored)} restored, {len(self.missing)} "
+        where = shown(self.path) if self.path is not None else "(none found)"
+        lines = [f"checkpoint {where}: {len(self.restored)} restored, {len(self.missing)} "
                  f"missing, {len(self.unexpected)} unexpected, {len(self.mismatched)} mismatched"]
         lines += [f"  missing:    {p}" for p in self.missing[:50]]
         lines += [f"  unexpected: {p}" for p in self.unexpected[:50]]
@@ -150,8 +154,8 @@ def _match(t: Any, c: Any) -> tuple[Any, str | None]:
     return c, None
 
 
-def _join(path: Path) -> str:
-    return "/".join(path) or "/"
+def _path_name(path: Path) -> str:
+    return path_to_str(path) or "<root>"
 
 
 def _enclosing_prefix(missing: list[Path], have: dict[Path, Any]) -> Path | None:
@@ -170,7 +174,7 @@ def _enclosing_prefix(missing: list[Path], have: dict[Path, Any]) -> Path | None
 def _hint(prefix: Path | None) -> str:
     if prefix is None:
         return ""
-    where = "/".join(prefix)
+    where = path_to_str(prefix)
     return (f"\nThe checkpoint holds every missing entry under '{where}/' (for example an "
             "optimizer checkpoint restored into a bare Model). Restore that part with "
             f"`checkpoints.restore_checkpoint(ckpt_dir, target, subtree='{where}')`, or "
@@ -215,13 +219,13 @@ def restore_state(target: Any, state: Any, strict: bool = True,
             continue
         value, problem = _match(t, have[p])
         if problem:
-            mismatched.append((_join(p), problem))
+            mismatched.append((_path_name(p), problem))
             merged[p] = t
         else:
-            restored.append(_join(p))
+            restored.append(_path_name(p))
             merged[p] = value
-    unexpected = [_join(p) for p in have if p not in want]
-    report = RestoreReport(path, tuple(restored), tuple(_join(p) for p in missing),
+    unexpected = [_path_name(p) for p in have if p not in want]
+    report = RestoreReport(path, tuple(restored), tuple(_path_name(p) for p in missing),
                            tuple(sorted(unexpected)), tuple(mismatched))
     hint = _hint(_enclosing_prefix(missing, have))
     if strict and not report.ok:

@@ -17,7 +17,7 @@ import numpy as np
 from flaxen import optim, serialization
 from flaxen.errors import CheckpointError
 from flaxen.nn.base import Model
-from flaxen.traverse_util import unflatten_dict
+from flaxen.traverse_util import path_to_str, unflatten_dict
 
 # optax state field -> pre-release per-parameter field, per optimizer.
 FIELDS: dict[type, dict[str, str]] = {
@@ -88,7 +88,7 @@ def to_prerelease(opt: optim.Optimizer, state: dict[str, Any]) -> dict[str, Any]
             continue  # optax's own step counter: the pre-release derived it from `step`
         elif not (isinstance(value, dict) and not value):
             raise CheckpointError(
-                f"Cannot write {'/'.join(path)} of a {type(opt.optimizer_def).__name__} "
+                f"Cannot write {path_to_str(path)} of a {type(opt.optimizer_def).__name__} "
                 "state in the pre-release layout. Save with the default layout.")
     param_states = unflatten_dict(out) if out else {}
     return {**state, "state": {"step": step, "param_states": param_states}}

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from flaxen.errors import CheckpointError
+from flaxen.training._checkpoint_files import shown
 
 
 def restore(path: str) -> Any:
@@ -25,7 +26,7 @@ def restore(path: str) -> Any:
         import orbax.checkpoint as ocp
     except ImportError as e:
         raise CheckpointError(
-            f"{path!r} is an Orbax checkpoint directory (written by Flax's "
+            f"{shown(path)} is an Orbax checkpoint directory (written by Flax's "
             "`flax.training.checkpoints.save_checkpoint` or by Orbax). flaxen reads it "
             "through the optional package orbax-checkpoint, which is not installed: "
             "`pip install orbax-checkpoint`, then restore again.") from e
@@ -41,5 +42,5 @@ def restore(path: str) -> Any:
             return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
     except Exception as e:  # noqa: BLE001 - Orbax raises many kinds; all mean "unreadable"
         raise CheckpointError(
-            f"Orbax could not read the checkpoint directory {path!r}: {type(e).__name__}: "
+            f"Orbax could not read the checkpoint directory {shown(path)}: {type(e).__name__}: "
             f"{str(e)[:300]}") from e

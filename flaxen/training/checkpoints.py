@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal, overload
 
 import jax
+from jax.typing import ArrayLike
 
 from flaxen import serialization
 from flaxen.errors import (
@@ -111,21 +112,21 @@ def _state_dict(target: Any, layout: str) -> Any:
     return state
 
 
-def _prepare_save(ckpt_dir: str | os.PathLike[str], target: Any, step: Any, prefix: str,
-                  keep: int, overwrite: bool, layout: str,
-                  format: str) -> tuple[str, Callable[[], str]]:
+def _prepare_save(ckpt_dir: str | os.PathLike[str], target: Any, step: ArrayLike, prefix: str,
+                  keep: int, overwrite: bool, layout: Layout,
+                  format: serialization.Format) -> tuple[str, Callable[[], str]]:
     """Checks the arguments and encodes ``target``: ``(final path, write function)``."""
     ckpt_dir = os.fspath(ckpt_dir)
     text = files.step_text(step)
     files.check_prefix(prefix)
     _check_keep(keep)
     # In a multi-process run this gathers arrays sharded across processes (a collective).
-    data = serialization.msgpack_serialize_parts(_state_dict(target, layout), format)  # type: ignore[arg-type]
+    data = serialization.msgpack_serialize_parts(_state_dict(target, layout), format)
     return (os.path.join(ckpt_dir, prefix + text),
             lambda: _save_bytes(ckpt_dir, data, text, prefix, keep, overwrite))
 
 
-def save_checkpoint(ckpt_dir: str | os.PathLike[str], target: Any, step: int,
+def save_checkpoint(ckpt_dir: str | os.PathLike[str], target: Any, step: ArrayLike,
                     prefix: str = "checkpoint_", keep: int = 1, overwrite: bool = False,
                     *, layout: Layout = "flaxen",
                     format: serialization.Format = "flaxen") -> str:
@@ -205,7 +206,7 @@ def _save_bytes(ckpt_dir: str, data: list[bytes], step_text: str, prefix: str, k
 def _resolve(ckpt_dir: str, step: Any, prefix: str) -> str | None:
     if os.path.isfile(ckpt_dir) or files.is_orbax_dir(ckpt_dir):
         if step is not None:
-            raise CheckpointError(f"{ckpt_dir!r} is one checkpoint; pass step=None to "
+            raise CheckpointError(f"{files.shown(ckpt_dir)} is one checkpoint; pass step=None to "
                                   "restore it.")
         return ckpt_dir
     if step is None:
@@ -216,13 +217,13 @@ def _resolve(ckpt_dir: str, step: Any, prefix: str) -> str | None:
         return latest
     if not os.path.isdir(ckpt_dir):
         raise CheckpointNotFoundError(
-            f"The checkpoint directory {ckpt_dir!r} does not exist (step {step} requested). "
-            "Check the path.")
+            f"The checkpoint directory {files.shown(ckpt_dir)} does not exist (step {step} "
+            "requested). Check the path.")
     path = os.path.join(ckpt_dir, prefix + files.step_text(step))
     if not (os.path.isfile(path) or files.is_orbax_dir(path)):
         raise CheckpointNotFoundError(
-            f"Matching checkpoint not found: {path}. Steps available with prefix {prefix!r}: "
-            f"{checkpoint_steps(ckpt_dir, prefix)[-20:]}.")
+            f"Matching checkpoint not found: {files.shown(path)}. Steps available with prefix "
+            f"{prefix!r}: {checkpoint_steps(ckpt_dir, prefix)[-20:]}.")
     return path
 
 
@@ -242,16 +243,17 @@ def _load(ckpt_dir: str, step: Any, prefix: str, max_bytes: int) -> tuple[str | 
             # The latest checkpoint was pruned by a concurrent save between listing and
             # opening (an evaluation job following a training run): look again.
             if step is not None or attempt == 99:
-                raise CheckpointNotFoundError(f"Cannot read the checkpoint {path!r}: {e}") from e
+                raise CheckpointNotFoundError(
+                    f"Cannot read the checkpoint {files.shown(path)}: {e}") from e
             continue
         except OSError as e:
-            raise CheckpointError(f"Cannot read the checkpoint {path!r}: {e}") from e
+            raise CheckpointError(f"Cannot read the checkpoint {files.shown(path)}: {e}") from e
         except SerializationError as e:
-            raise SerializationError(f"Checkpoint {path!r}: {e}") from e
+            raise SerializationError(f"Checkpoint {files.shown(path)}: {e}") from e
         try:
             return path, serialization.msgpack_restore(data)
         except SerializationError as e:
-            raise SerializationError(f"Checkpoint {path!r}: {e}") from e
+            raise SerializationError(f"Checkpoint {files.shown(path)}: {e}") from e
     raise AssertionError("unreachable")
 
 
@@ -260,24 +262,28 @@ def _subtree(state: Any, subtree: str, path: str) -> Any:
         if not isinstance(state, dict) or key not in state:
             have = sorted(state)[:20] if isinstance(state, dict) else type(state).__name__
             raise CheckpointMismatchError(
-                f"The checkpoint {path} has no entry {subtree!r} (at {key!r} it has {have}).",
+                f"The checkpoint {files.shown(path)} has no entry {subtree!r} (at {key!r} it "
+                f"has {have}).",
                 RestoreReport(path))
         state = state[key]
     return state
 
 
 @overload
-def restore_checkpoint(ckpt_dir: str | os.PathLike[str], target: Any, step: Any = ...,
-                       prefix: str = ..., strict: Literal[True] = ..., *,
+def restore_checkpoint(ckpt_dir: str | os.PathLike[str], target: Any,
+                       step: ArrayLike | None = ..., prefix: str = ...,
+                       strict: Literal[True] = ..., *,
                        subtree: str | None = ..., max_bytes: int | None = ...) -> Any: ...
 @overload
-def restore_checkpoint(ckpt_dir: str | os.PathLike[str], target: Any, step: Any = ...,
-                       prefix: str = ..., *, strict: Literal[False],
+def restore_checkpoint(ckpt_dir: str | os.PathLike[str], target: Any,
+                       step: ArrayLike | None = ..., prefix: str = ..., *,
+                       strict: Literal[False],
                        subtree: str | None = ...,
                        max_bytes: int | None = ...) -> tuple[Any, RestoreReport]: ...
 
 
-def restore_checkpoint(ckpt_dir: str | os.PathLike[str], target: Any, step: Any = None,
+def restore_checkpoint(ckpt_dir: str | os.PathLike[str], target: Any,
+                       step: ArrayLike | None = None,
                        prefix: str = "checkpoint_", strict: bool = True, *,
                        subtree: str | None = None, max_bytes: int | None = None) -> Any:
     """Restores the latest checkpoint (or ``step``) onto ``target``.

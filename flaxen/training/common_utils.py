@@ -16,6 +16,7 @@ import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
 from flaxen.errors import FlaxenError, ShapeError
+from flaxen.traverse_util import path_to_str
 
 
 def onehot(labels: ArrayLike, num_classes: int, on_value: float = 1.0,
@@ -61,7 +62,8 @@ def shard(xs: Any) -> Any:
         shape = np.shape(x)
         if not shape or shape[0] % n:
             raise ShapeError(
-                f"common_utils.shard{jax.tree_util.keystr(path)}", "leading (batch) dimension",
+                f"common_utils.shard (batch leaf {path_to_str(path) or '<root>'})",
+                "leading (batch) dimension",
                 f"a multiple of the {n} local devices", shape[0] if shape else "a scalar",
                 "Drop or pad the last partial batch.")
         return x.reshape((n, shape[0] // n) + shape[1:])

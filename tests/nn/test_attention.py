@@ -168,7 +168,7 @@ def test_mask_of_wrong_shape_names_path(rng):
             return nn.SelfAttention(x, num_heads=1, padding_mask=pad)
 
     x = jnp.ones((2, 4, 2))
-    with pytest.raises(ShapeError, match=r"Net/SelfAttention_0.*\(2, 4\).*\(2, 5\)"):
+    with pytest.raises(ShapeError, match=r'"SelfAttention_0".*\(2, 4\).*\(2, 5\)'):
         Net.init(rng, x, jnp.ones((2, 5), bool))
     with pytest.raises(LayerArgumentError, match="qkv_features"):
         nn.SelfAttention.init(rng, x, num_heads=3)
@@ -213,10 +213,10 @@ def test_decoding_with_cache_equals_full_causal_pass(rng):
 def test_decoding_errors(rng):
     x = _randn(2, 5, 3, seed=7)
     _, params = _init_decoder(rng, x)
-    with pytest.raises(MissingStateError, match="Decoder/SelfAttention_1"):
+    with pytest.raises(MissingStateError, match='"SelfAttention_1"'):
         Decoder.call(params, x, decode=True)
     _, cache = _allocate(params, x)
-    with pytest.raises(ShapeError, match=r"Decoder/SelfAttention_1.*one position"):
+    with pytest.raises(ShapeError, match=r'"SelfAttention_1".*one position'):
         Decoder.call_with_state(params, cache, x[:, :2], decode=True)
 
 
@@ -240,7 +240,7 @@ def test_bad_attention_arguments_name_path_argument_value_and_allowed(rng, kwarg
     with pytest.raises(LayerArgumentError) as info:
         Net.init(rng, jnp.ones((2, 3, 4)))
     msg = str(info.value)
-    assert "Net/SelfAttention_0" in msg and arg in msg and f"got {value}" in msg
+    assert '"SelfAttention_0"' in msg and arg in msg and f"got {value}" in msg
     assert "expected" in msg
 
 
@@ -269,7 +269,7 @@ def test_decode_true_past_the_end(rng):
     _, cache = _allocate(params, jnp.zeros_like(x))
     for t in range(2):
         _, cache = Decoder.call_with_state(params, cache, x[:, t:t + 1], decode=True)
-    with pytest.raises(CacheError, match=r"Decoder/SelfAttention_1.*at most 2 steps.*step 3"):
+    with pytest.raises(CacheError, match=r'"SelfAttention_1".*at most 2 steps.*step 3'):
         Decoder.call_with_state(params, cache, x[:, :1], decode=True)
     y, _ = _step(params, cache, x[:, :1])  # under jit: NaN, not an overwritten slot
     assert bool(jnp.all(jnp.isnan(y)))

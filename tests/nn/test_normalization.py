@@ -113,10 +113,10 @@ def test_batch_norm_running_stats_follow_recurrence(rng):
 
 
 def test_batch_norm_needs_state(rng):
-    with pytest.raises(MissingStateError, match="BNNet/BatchNorm_0.*init_with_state"):
+    with pytest.raises(MissingStateError, match='"BatchNorm_0".*init_with_state'):
         BNNet.init(rng, jnp.ones((2, 3)))
     _, params, state = BNNet.init_with_state(rng, jnp.ones((2, 3)))
-    with pytest.raises(MissingStateError, match="BNNet/BatchNorm_0.*running statistics"):
+    with pytest.raises(MissingStateError, match='"BatchNorm_0".*running statistics'):
         BNNet.call_with_state(params, nn.Collection(), jnp.ones((2, 3)), train=False,
                               _mutable=False)
     # Initialising in evaluation mode creates the statistics too.

@@ -13,8 +13,8 @@ def test_summary_of_a_module_class_needs_no_real_params():
     lines = table.splitlines()
     assert lines[0].split() == ["path", "shape", "dtype", "params", "bytes"]
     rows = {line.split()[0]: line.split() for line in lines[2:-2]}
-    assert rows["Affine_0/kernel"][1:] == ["(3,", "5)", "float32", "15", "60"]
-    assert rows["Affine_1/bias"][-2:] == ["2", "8"]
+    assert rows["params/Affine_0/kernel"][1:] == ["(3,", "5)", "float32", "15", "60"]
+    assert rows["params/Affine_1/bias"][-2:] == ["2", "8"]
     # Module subtotals: Affine_0 has 3*5 + 5 params.
     assert any(line.split()[:2] == ["Affine_0", "(module)"] and line.split()[-2] == "20"
                for line in lines)
@@ -31,3 +31,19 @@ def test_summary_of_a_model_and_of_bfloat16_params(rng):
 def test_summary_of_a_class_without_specs_is_a_clear_error():
     with pytest.raises(ValueError, match="input_specs"):
         nn.summary(MLP)
+
+
+def test_summary_of_a_model_with_state_and_root_params(rng):
+    class Net(nn.Module):
+        def apply(self, x):
+            x = nn.BatchNorm(x)  # needs a state collection: summary opens one
+            return x * self.param("gain", (3,), nn.initializers.ones).reshape((1, 3))
+
+    lines = nn.summary(Net, [((2, 3), jnp.float32)]).splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[2:-2]}
+    assert rows["params/BatchNorm_0/scale"][-2:] == ["3", "12"]
+    assert rows["params/gain"][-2:] == ["3", "12"]
+    # Subtotals: modules by their path, the root module by its class.
+    assert any(line.split()[:2] == ["BatchNorm_0", "(module)"] for line in lines)
+    assert any(line.split()[:2] == ["Net", "(module)"] and line.split()[-2] == "3"
+               for line in lines)

@@ -449,3 +449,38 @@ def test_latest_pruned_between_listing_and_opening_is_retried(tmp_path, monkeypa
     calls.clear()
     with pytest.raises(CheckpointNotFoundError, match="checkpoint_0"):
         checkpoints.restore_checkpoint(tmp_path, _tree(), step=1)  # an explicit step: no retry
+
+
+def test_relative_paths_in_messages_are_shown_resolved(tmp_path, monkeypatch):
+    # A message read later in a log must name the file whatever the working directory was.
+    monkeypatch.chdir(tmp_path)
+    checkpoints.save_checkpoint("run/ckpt", _tree(), 3)
+    resolved = str(tmp_path / "run" / "ckpt")
+    messages = []
+    for fn, error in [
+            (lambda: checkpoints.restore_checkpoint("run/ckpt", _tree(), step=4),
+             CheckpointNotFoundError),
+            (lambda: checkpoints.restore_checkpoint("run/missing", _tree(), step=1),
+             CheckpointNotFoundError),
+            (lambda: checkpoints.save_checkpoint("run/ckpt", _tree(), 3), CheckpointExistsError),
+            (lambda: checkpoints.restore_checkpoint("run/ckpt", {"w": _tree()["w"]}),
+             CheckpointMismatchError),
+            (lambda: checkpoints.restore_checkpoint("run/ckpt", _tree(), subtree="nope"),
+             CheckpointMismatchError)]:
+        with pytest.raises(error) as info:
+            fn()
+        messages.append(str(info.value))
+    (tmp_path / "run" / "ckpt" / "checkpoint_3").write_bytes(b"not a checkpoint")
+    with pytest.raises(SerializationError) as info:
+        checkpoints.restore_checkpoint("run/ckpt", _tree())
+    messages.append(str(info.value))
+    for message in messages:
+        # What the user passed, and where that is.
+        assert "'run/" in message and f"(resolved: {tmp_path}{os.sep}run{os.sep}" in message, (
+            message)
+    assert f"(resolved: {resolved}{os.sep}checkpoint_3)" in messages[-1]
+    # An absolute path is shown as given, once.
+    with pytest.raises(CheckpointNotFoundError) as info:
+        checkpoints.restore_checkpoint(resolved, _tree(), step=9)
+    assert f"'{resolved}{os.sep}checkpoint_9'" in str(info.value)
+    assert "resolved:" not in str(info.value)
