@@ -10,7 +10,7 @@
 Several processes (one line per host; see docs/multihost.md): add
 ``--coordinator_address=HOST0:1234 --num_processes=N --process_id=I``.
 
-Everything goes to --output_dir: ``checkpoints/``, ``tokenizer.json``, ``config.json``,
+Everything goes to --output_dir: ``checkpoints/``, ``vocab.flaxen.json``, ``config.json``,
 TensorBoard event files, ``metrics.jsonl`` (plain metrics, one JSON object per line),
 ``curves.png`` (training and held-out loss) and ``sample.txt``. ``--resume`` continues
 from the last checkpoint; the batches of step ``s`` depend only on ``(seed, s)``, so a
@@ -372,7 +372,7 @@ def check_run_config(path: str, config: models.LMConfig, tokenizer: tok.Tokenize
             f"{path} was trained with vocabulary {saved.get('tokenizer_fingerprint')} "
             f"({saved.get('model', {}).get('vocab_size')} tokens), but the tokenizer now has "
             f"{tokenizer.fingerprint()} ({tokenizer.vocab_size} tokens). Resume with the "
-            "tokenizer.json of that run and the same data, or use a new --output_dir.")
+            f"{tok.FILE_NAME} of that run and the same data, or use a new --output_dir.")
     now = config.to_json()
     diff = {k: (saved["model"].get(k), v) for k, v in now.items() if saved["model"].get(k) != v}
     if diff:
@@ -426,12 +426,14 @@ def train_and_evaluate(args: TrainArgs) -> dict[str, Any]:
     """
     os.makedirs(args.output_dir, exist_ok=True)
     ckpt_dir = os.path.join(args.output_dir, "checkpoints")
-    tok_path = os.path.join(args.output_dir, "tokenizer.json")
+    tok_path = os.path.join(args.output_dir, tok.FILE_NAME)
     cfg_path = os.path.join(args.output_dir, "config.json")
     main_process = jax.process_index() == 0
     if not args.resume:
         start_afresh(args.output_dir)
-    saved_tok = tok.load(tok_path) if args.resume and os.path.exists(tok_path) else None
+    saved_tok = None
+    if args.resume and os.path.exists(tok.run_file(args.output_dir)):
+        saved_tok = tok.load_from_run(args.output_dir)
 
     if jax.process_count() > 1 and saved_tok is None:
         # One vocabulary for all: process 0 builds it, the others read it.
@@ -440,7 +442,7 @@ def train_and_evaluate(args: TrainArgs) -> dict[str, Any]:
         dataset = load_dataset(args, None) if main_process else None
         if dataset is not None:
             tok.save(dataset.tokenizer, tok_path)
-        multihost_utils.sync_global_devices("lm1b: tokenizer.json written")
+        multihost_utils.sync_global_devices("lm1b: vocab.flaxen.json written")
         if dataset is None:
             dataset = load_dataset(args, tok.load(tok_path))
     else:
@@ -619,7 +621,7 @@ def _train_loop(optimizer: optim.Optimizer, dataset: input_pipeline.Dataset, arg
 # -- Command line -----------------------------------------------------------------------------
 
 _HELP = {
-    "output_dir": "Where checkpoints, tokenizer.json, config.json, metrics.jsonl, TensorBoard "
+    "output_dir": "Where checkpoints, vocab.flaxen.json, config.json, metrics.jsonl, TensorBoard "
                   "events, curves.png and sample.txt go.",
     "data_dir": "Folder in which a relative --text_file (default tinyshakespeare.txt) is "
                 "looked up; default $FLAXEN_DATA.",
@@ -752,7 +754,7 @@ def main(argv: list[str]) -> None:
     summary = {k: v for k, v in result.items() if k != "sample"}
     out = os.path.abspath(args.output_dir)
     summary["outputs"] = {name: os.path.join(out, name) for name in (
-        "checkpoints", "config.json", "tokenizer.json", "metrics.jsonl", "curves.png",
+        "checkpoints", "config.json", tok.FILE_NAME, "metrics.jsonl", "curves.png",
         "sample.txt") if os.path.exists(os.path.join(out, name))}
     print(json.dumps(summary, indent=1))
     if "sample" in result:
