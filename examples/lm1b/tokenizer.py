@@ -2,12 +2,13 @@
 
 Both kinds share one small interface (``vocab_size``, ``encode``, ``decode``, ``eos_id``,
 ``fingerprint``) and are saved as one JSON file, ``vocab.flaxen.json`` (``FILE_NAME``),
-next to the checkpoints, so that ``generate.py`` and ``--resume`` use exactly the vocabulary the
-model was trained with. The file is this example's own small format (``{"kind": "char",
-"chars": ...}`` or ``{"kind": "sentencepiece", "model": <base64 model proto>}``), not
-Hugging Face's ``tokenizer.json``; runs written before the rename used that name, and
-``load_from_run`` still reads it, with a deprecation warning. ``fingerprint`` (a SHA-256 of the vocabulary) is stored in the
-checkpoint too; restoring with another vocabulary is an error, not silent garbage.
+next to the checkpoints, so that ``generate.py`` and ``--resume`` use exactly the
+vocabulary the model was trained with. The file is this example's own small format
+(``{"kind": "char", "chars": ...}`` or ``{"kind": "sentencepiece", "model": <base64
+model proto>}``), not Hugging Face's ``tokenizer.json``; runs written before the rename
+used that name, and ``load_from_run`` still reads it, with a deprecation warning.
+``fingerprint`` (a SHA-256 of the vocabulary) is stored in the checkpoint too; restoring
+with another vocabulary is an error, not silent garbage.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from typing import Protocol
 import numpy as np
 
 from flaxen.errors import FlaxenError
-
 
 FILE_NAME = "vocab.flaxen.json"
 OLD_FILE_NAME = "tokenizer.json"  # before the rename: looked like Hugging Face's format
