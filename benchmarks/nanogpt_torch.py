@@ -215,9 +215,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                           ("lr_decay_iters", 2000), ("warmup_iters", 100),
                           ("final_eval_iters", 200)):
         p.add_argument(f"--{name}", type=int, default=default)
-    for name, default in (("learning_rate", 1e-3), ("min_lr", 1e-4), ("beta2", 0.99),
-                          ("weight_decay", 0.1), ("grad_clip", 1.0)):
-        p.add_argument(f"--{name}", type=float, default=default)
+    for name, value in (("learning_rate", 1e-3), ("min_lr", 1e-4), ("beta2", 0.99),
+                        ("weight_decay", 0.1), ("grad_clip", 1.0)):
+        p.add_argument(f"--{name}", type=float, default=value)
     p.add_argument("--quiet", action="store_true", help="no per-step line (log_interval)")
     return p.parse_args(argv)
 

@@ -283,8 +283,7 @@ def eval_step(model: nn.Model, batch: dict[str, jax.Array]) -> tuple[jax.Array, 
 def eval_sums(model: nn.Model, batches: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     """``eval_step`` over ``[n, batch, length]`` batches in one call: the summed
     ``(loss sum, weight sum)`` and, per batch, its mean loss (``[n]``)."""
-    def body(total: tuple[jax.Array, jax.Array],
-             batch: dict[str, jax.Array]) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+    def body(total: Any, batch: dict[str, jax.Array]) -> tuple[Any, jax.Array]:
         ls, ws = eval_step(model, batch)
         return (total[0] + ls, total[1] + ws), ls / jnp.maximum(ws, 1.0)
 
