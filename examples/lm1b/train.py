@@ -288,7 +288,8 @@ def eval_sums(model: nn.Model, batches: dict[str, jax.Array]) -> tuple[jax.Array
         return (total[0] + ls, total[1] + ws), ls / jnp.maximum(ws, 1.0)
 
     zero = jnp.zeros((), jnp.float32)
-    return jax.lax.scan(body, (zero, zero), batches)
+    init: Any = (zero, zero)
+    return jax.lax.scan(body, init, batches)
 
 
 def held_out_batches(stream: np.ndarray, args: TrainArgs) -> dict[str, jax.Array]:
