@@ -45,9 +45,10 @@ from flaxen.errors import FlaxenError
 from flaxen.training import checkpoints
 
 try:  # as part of the repository's `examples` package (tests, `python -m examples.lm1b.train`)
-    from examples.lm1b import generate, input_pipeline, models
+    from examples.lm1b import allocator, generate, input_pipeline, models
     from examples.lm1b import tokenizer as tok
 except ImportError:  # as a script, `python examples/lm1b/train.py`, or in a forked copy
+    import allocator  # type: ignore[no-redef]
     import generate  # type: ignore[no-redef]
     import input_pipeline  # type: ignore[no-redef]
     import models  # type: ignore[no-redef]
@@ -708,6 +709,9 @@ def _define_flags() -> None:
         else:
             flags.DEFINE_string(name, default, help_text)
     flags.DEFINE_string("model_dir", None, "Deprecated: the old name of --output_dir.")
+    flags.DEFINE_bool("keep_malloc_buffers", True,
+                      "Let glibc's malloc reuse XLA's per-call temporary buffer instead of "
+                      "mapping fresh pages every call (see allocator.py); no effect on results.")
     flags.DEFINE_string("coordinator_address", None, _DISTRIBUTED_HELP["coordinator_address"])
     flags.DEFINE_integer("num_processes", None, _DISTRIBUTED_HELP["num_processes"])
     flags.DEFINE_integer("process_id", None, _DISTRIBUTED_HELP["process_id"])
@@ -724,6 +728,9 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments: {argv[1:]} (flags are spelled --name=value).")
     FLAGS = flags.FLAGS
+    if FLAGS.keep_malloc_buffers and allocator.keep_large_buffers():
+        logging.info("glibc malloc: large buffers are reused, not re-mapped each call "
+                     "(--nokeep_malloc_buffers turns this off).")
     try:
         # Before anything touches a device.
         distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
