@@ -137,7 +137,7 @@ def load_run(model_dir: str) -> tuple[models.LMConfig, tok.Tokenizer, Params]:
     """The config, tokenizer and latest parameters of a training run in ``model_dir``.
 
     Raises:
-      TokenizerError: ``tokenizer.json`` is missing or damaged.
+      TokenizerError: ``vocab.flaxen.json`` is missing or damaged.
       VocabMismatchError: the tokenizer is not the one the model was trained with.
       CheckpointNotFoundError / CheckpointMismatchError: no usable checkpoint.
     """
@@ -147,14 +147,14 @@ def load_run(model_dir: str) -> tuple[models.LMConfig, tok.Tokenizer, Params]:
             f"No config.json in --output_dir={model_dir}: not a training run of train.py.")
     with open(cfg_path, encoding="utf-8") as f:
         run = json.load(f)
-    tokenizer = tok.load(os.path.join(model_dir, "tokenizer.json"))
+    tokenizer = tok.load_from_run(model_dir)
     fingerprint = run.get("tokenizer_fingerprint")
     vocab_size = run["model"]["vocab_size"]
     if fingerprint != tokenizer.fingerprint() or vocab_size != tokenizer.vocab_size:
         raise input_pipeline.VocabMismatchError(
-            f"The tokenizer.json in {model_dir} ({tokenizer.kind}, {tokenizer.vocab_size} "
+            f"The {tok.FILE_NAME} in {model_dir} ({tokenizer.kind}, {tokenizer.vocab_size} "
             f"tokens, {tokenizer.fingerprint()}) is not the vocabulary the model was trained "
-            f"with ({vocab_size} tokens, {fingerprint}). Restore the run's own tokenizer.json.")
+            f"with ({vocab_size} tokens, {fingerprint}). Restore the run's own {tok.FILE_NAME}.")
     config = models.LMConfig.from_json(run["model"])
     template = models.TransformerLM.partial(config=config).init_by_shape(
         jax.random.PRNGKey(0), [((1, config.max_len), jnp.int32)])[1]

@@ -47,7 +47,7 @@ def test_sentencepiece_trains_and_round_trips(tmp_path):
     packed = ip.encode_lines(sp, lines[:2])
     assert packed.dtype == np.int32 and int((packed == sp.eos_id).sum()) == 2
     assert sp.decode(packed) == lines[0] + "\n" + lines[1] + "\n"
-    path = str(tmp_path / "tokenizer.json")
+    path = str(tmp_path / tok.FILE_NAME)
     tok.save(sp, path)
     loaded = tok.load(path)
     assert loaded.fingerprint() == sp.fingerprint()
@@ -160,3 +160,15 @@ def test_tiny_shakespeare_char_level():
     assert ds.tokenizer.vocab_size == 65
     assert len(ds.train) + len(ds.eval) == 1115394
     assert ds.tokenizer.decode(ds.train[:14]) == "First Citizen:"
+
+
+def test_old_vocabulary_file_name_is_read_with_a_deprecation_warning(tmp_path):
+    t = tok.CharTokenizer.from_text("hello")
+    tok.save(t, str(tmp_path / tok.OLD_FILE_NAME))
+    with pytest.warns(FutureWarning, match="now named vocab.flaxen.json"):
+        assert tok.load_from_run(str(tmp_path)).fingerprint() == t.fingerprint()
+    other = tok.CharTokenizer.from_text("xyz")
+    tok.save(other, str(tmp_path / tok.FILE_NAME))  # the new name wins, without a warning
+    assert tok.load_from_run(str(tmp_path)).fingerprint() == other.fingerprint()
+    with pytest.raises(tok.TokenizerError, match="No tokenizer file"):
+        tok.load_from_run(str(tmp_path / "missing"))

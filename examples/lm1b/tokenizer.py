@@ -1,10 +1,14 @@
 """Tokenizers for the language model: characters, or SentencePiece trained on the text.
 
 Both kinds share one small interface (``vocab_size``, ``encode``, ``decode``, ``eos_id``,
-``fingerprint``) and are saved as one JSON file, ``tokenizer.json``, next to the
-checkpoints, so that ``generate.py`` and ``--resume`` use exactly the vocabulary the
-model was trained with. ``fingerprint`` (a SHA-256 of the vocabulary) is stored in the
-checkpoint too; restoring with another vocabulary is an error, not silent garbage.
+``fingerprint``) and are saved as one JSON file, ``vocab.flaxen.json`` (``FILE_NAME``),
+next to the checkpoints, so that ``generate.py`` and ``--resume`` use exactly the
+vocabulary the model was trained with. The file is this example's own small format
+(``{"kind": "char", "chars": ...}`` or ``{"kind": "sentencepiece", "model": <base64
+model proto>}``), not Hugging Face's ``tokenizer.json``; runs written before the rename
+used that name, and ``load_from_run`` still reads it, with a deprecation warning.
+``fingerprint`` (a SHA-256 of the vocabulary) is stored in the checkpoint too; restoring
+with another vocabulary is an error, not silent garbage.
 """
 
 from __future__ import annotations
@@ -13,12 +17,16 @@ import base64
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 import numpy as np
 
 from flaxen.errors import FlaxenError
+
+FILE_NAME = "vocab.flaxen.json"
+OLD_FILE_NAME = "tokenizer.json"  # before the rename: looked like Hugging Face's format
 
 
 class TokenizerError(FlaxenError):
@@ -218,3 +226,23 @@ def load(path: str) -> Tokenizer:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise TokenizerError(f"The tokenizer file {path!r} is damaged (not JSON): {e}") from e
     return from_json(data)
+
+
+def run_file(run_dir: str) -> str:
+    """The tokenizer file of the run in ``run_dir``: ``vocab.flaxen.json``, or, for a run
+    written before the rename that holds only ``tokenizer.json``, that file (with a
+    ``FutureWarning``: the next save writes the new name)."""
+    path = os.path.join(run_dir, FILE_NAME)
+    old = os.path.join(run_dir, OLD_FILE_NAME)
+    if not os.path.exists(path) and os.path.exists(old):
+        warnings.warn(
+            f"{old}: the vocabulary file is now named {FILE_NAME} (it is flaxen's own format, "
+            f"not Hugging Face's tokenizer.json). Reading the old name; rename the file, or "
+            "resume the run once, which writes the new name.", FutureWarning, stacklevel=2)
+        return old
+    return path
+
+
+def load_from_run(run_dir: str) -> Tokenizer:
+    """The tokenizer saved by train.py in ``run_dir`` (see ``run_file``)."""
+    return load(run_file(run_dir))

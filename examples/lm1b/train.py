@@ -10,7 +10,7 @@
 Several processes (one line per host; see docs/multihost.md): add
 ``--coordinator_address=HOST0:1234 --num_processes=N --process_id=I``.
 
-Everything goes to --output_dir: ``checkpoints/``, ``tokenizer.json``, ``config.json``,
+Everything goes to --output_dir: ``checkpoints/``, ``vocab.flaxen.json``, ``config.json``,
 TensorBoard event files, ``metrics.jsonl`` (plain metrics, one JSON object per line),
 ``curves.png`` (training and held-out loss) and ``sample.txt``. ``--resume`` continues
 from the last checkpoint; the batches of step ``s`` depend only on ``(seed, s)``, so a
@@ -45,9 +45,10 @@ from flaxen.errors import FlaxenError
 from flaxen.training import checkpoints
 
 try:  # as part of the repository's `examples` package (tests, `python -m examples.lm1b.train`)
-    from examples.lm1b import generate, input_pipeline, models
+    from examples.lm1b import allocator, generate, input_pipeline, models
     from examples.lm1b import tokenizer as tok
 except ImportError:  # as a script, `python examples/lm1b/train.py`, or in a forked copy
+    import allocator  # type: ignore[no-redef]
     import generate  # type: ignore[no-redef]
     import input_pipeline  # type: ignore[no-redef]
     import models  # type: ignore[no-redef]
@@ -93,10 +94,12 @@ class TrainArgs:
     beta2: float = 0.99
     grad_clip: float = 1.0
     seed: int = 0
+    steps_per_call: int = 10
     # Bookkeeping.
     eval_every: int = 250
     eval_batch_size: int = 64
     eval_batches: int = 0  # 0: the whole held-out text
+    random_eval_batches: int = 200  # nanoGPT's estimate at the end (0: off)
     log_every: int = 50
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
@@ -177,23 +180,10 @@ def global_norm(tree: Any) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 
-@functools.partial(jax.jit, static_argnames=("schedule", "grad_clip"))
-def train_step(optimizer: optim.Optimizer, batch: dict[str, jax.Array], dropout_rng: jax.Array,
-               schedule: tuple[float, int, int, float],
-               grad_clip: float) -> tuple[optim.Optimizer, dict]:
-    """One update on ``batch``; gradients clipped to global norm ``grad_clip`` (0: off).
-
-    Args:
-      optimizer: the (replicated) optimizer.
-      batch: ``inputs``, ``targets`` (int32) and ``weights`` (float32), ``[batch, length]``,
-        sharded over the devices.
-      dropout_rng: the run's dropout key; each step folds in its step number.
-      schedule: ``(peak, warmup_steps, decay_steps, end)`` of the learning rate (static).
-      grad_clip: the largest global gradient norm (static).
-
-    Returns:
-      The new optimizer and ``{'loss', 'grad_norm', 'learning_rate'}`` (scalars).
-    """
+def _update(optimizer: optim.Optimizer, batch: dict[str, jax.Array], dropout_rng: jax.Array,
+            schedule: tuple[float, int, int, float],
+            grad_clip: float) -> tuple[optim.Optimizer, dict]:
+    """One update on ``batch`` (traced inside ``train_step`` and ``train_steps``)."""
     step = optimizer.state.step
     lr = learning_rate_schedule(*schedule)(step)
 
@@ -212,6 +202,77 @@ def train_step(optimizer: optim.Optimizer, batch: dict[str, jax.Array], dropout_
     return optimizer, {"loss": loss, "grad_norm": norm, "learning_rate": lr}
 
 
+@functools.partial(jax.jit, static_argnames=("schedule", "grad_clip"))
+def train_step(optimizer: optim.Optimizer, batch: dict[str, jax.Array], dropout_rng: jax.Array,
+               schedule: tuple[float, int, int, float],
+               grad_clip: float) -> tuple[optim.Optimizer, dict]:
+    """One update on ``batch``; gradients clipped to global norm ``grad_clip`` (0: off).
+
+    Args:
+      optimizer: the (replicated) optimizer.
+      batch: ``inputs``, ``targets`` (int32) and ``weights`` (float32), ``[batch, length]``,
+        sharded over the devices.
+      dropout_rng: the run's dropout key; each step folds in its step number.
+      schedule: ``(peak, warmup_steps, decay_steps, end)`` of the learning rate (static).
+      grad_clip: the largest global gradient norm (static).
+
+    Returns:
+      The new optimizer and ``{'loss', 'grad_norm', 'learning_rate'}`` (scalars).
+    """
+    return _update(optimizer, batch, dropout_rng, schedule, grad_clip)
+
+
+@functools.partial(jax.jit, static_argnames=("schedule", "grad_clip"), donate_argnums=0)
+def train_steps(optimizer: optim.Optimizer, batches: dict[str, jax.Array],
+                dropout_rng: jax.Array, schedule: tuple[float, int, int, float],
+                grad_clip: float) -> tuple[optim.Optimizer, dict]:
+    """``k`` updates in one call: ``train_step`` on each ``batches[i]``, under ``lax.scan``.
+
+    This is the loop the example runs. Three things make it fast on CPU, where a step of
+    this small model costs about as much as the work around it:
+
+    - one dispatch, one host round trip and one XLA temporary buffer per ``k`` steps
+      instead of per step (XLA:CPU allocates, and the kernel zero-fills, that buffer on
+      every call: at ``k=1`` it was most of the run's system time);
+    - the optimizer's buffers are donated (``donate_argnums=0``): the new parameters and
+      moments are written in place of the old ones, no fresh 9 MB of outputs per call.
+      The ``optimizer`` passed in is invalid afterwards; use the one returned;
+    - metrics come back as ``[k]`` arrays that the loop reads one call later, so the
+      host never waits for the device in between.
+
+    Args:
+      optimizer: as in ``train_step`` (donated).
+      batches: ``inputs``, ``targets``, ``weights`` of shape ``[k, batch, length]``, the
+        batch axis sharded over the devices (``shard_steps``).
+      dropout_rng, schedule, grad_clip: as in ``train_step``.
+
+    Returns:
+      The optimizer after ``k`` steps and ``{'loss', 'grad_norm', 'learning_rate'}``,
+      each float32 ``[k]``. Bit for bit the same as ``k`` calls of ``train_step``.
+    """
+    def body(opt: optim.Optimizer, batch: dict[str, jax.Array]) -> tuple[optim.Optimizer, dict]:
+        return _update(opt, batch, dropout_rng, schedule, grad_clip)
+
+    return jax.lax.scan(body, optimizer, batches)
+
+
+def shard_steps(batches: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Host arrays ``[k, batch, ...]`` (this process's rows) to device arrays whose batch
+    axis (axis 1) is split over the default mesh's devices, as ``parallel.shard_batch``
+    does for axis 0."""
+    mesh = parallel.default_mesh()
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
+        None, parallel.BATCH_AXIS))
+    if jax.process_count() == 1:
+        return jax.device_put(batches, sharding)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batches.items()}
+
+
+def stack_steps(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """``k`` batches of ``[batch, ...]`` to one of ``[k, batch, ...]``."""
+    return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
+
+
 @jax.jit
 def eval_step(model: nn.Model, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     """``(loss sum, weight sum)`` of ``batch`` (no dropout)."""
@@ -219,17 +280,48 @@ def eval_step(model: nn.Model, batch: dict[str, jax.Array]) -> tuple[jax.Array, 
     return cross_entropy_sums(logits, batch["targets"], batch["weights"])
 
 
-def evaluate(model: nn.Model, stream: np.ndarray, args: TrainArgs) -> dict[str, float]:
-    """Mean loss (nats per token) and perplexity over the held-out stream."""
-    loss_sum, weight_sum = 0.0, 0.0
+@jax.jit
+def eval_sums(model: nn.Model, batches: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """``eval_step`` over ``[n, batch, length]`` batches in one call: the summed
+    ``(loss sum, weight sum)`` and, per batch, its mean loss (``[n]``)."""
+    def body(total: Any, batch: dict[str, jax.Array]) -> tuple[Any, jax.Array]:
+        ls, ws = eval_step(model, batch)
+        return (total[0] + ls, total[1] + ws), ls / jnp.maximum(ws, 1.0)
+
+    zero = jnp.zeros((), jnp.float32)
+    init: Any = (zero, zero)
+    return jax.lax.scan(body, init, batches)
+
+
+def held_out_batches(stream: np.ndarray, args: TrainArgs) -> dict[str, jax.Array]:
+    """The whole held-out stream (or ``--eval_batches`` of it) as one device array of
+    ``[n, eval_batch_size, context]`` batches, made once per run."""
     rows = distributed.local_rows(args.eval_batch_size, parallel.default_mesh())
-    for batch in input_pipeline.eval_batches(stream, args.eval_batch_size, args.context,
-                                             args.eval_batches or None, rows):
-        ls, ws = eval_step(model, parallel.shard_batch(batch))
-        loss_sum += float(ls)
-        weight_sum += float(ws)
-    loss = loss_sum / max(weight_sum, 1.0)
+    return shard_steps(stack_steps(list(input_pipeline.eval_batches(
+        stream, args.eval_batch_size, args.context, args.eval_batches or None, rows))))
+
+
+def evaluate(model: nn.Model, stream: np.ndarray | dict[str, jax.Array],
+             args: TrainArgs) -> dict[str, float]:
+    """Mean loss (nats per token) and perplexity over the held-out stream (every window
+    once; ``stream`` may be ``held_out_batches(stream, args)``, made beforehand)."""
+    batches = held_out_batches(stream, args) if isinstance(stream, np.ndarray) else stream
+    (loss_sum, weight_sum), _ = eval_sums(model, batches)
+    loss = float(loss_sum) / max(float(weight_sum), 1.0)
     return {"eval_loss": loss, "eval_perplexity": float(min(math.exp(loss), 1e4))}
+
+
+def evaluate_random_windows(model: nn.Model, stream: np.ndarray, args: TrainArgs) -> float:
+    """nanoGPT's held-out estimate: the mean over ``--random_eval_batches`` batches of
+    ``--batch_size`` windows at random offsets of each batch's mean loss (nanoGPT's
+    ``estimate_loss`` on its validation split). Noisier than ``evaluate``, which reads
+    every window once; reported beside it so the two projects can be compared."""
+    rows = distributed.local_rows(args.batch_size, parallel.default_mesh())
+    batches = [input_pipeline.train_batch(stream, args.batch_size, args.context,
+                                          args.seed + 1, i, rows)
+               for i in range(args.random_eval_batches)]
+    _, means = eval_sums(model, shard_steps(stack_steps(batches)))
+    return float(jnp.mean(means))
 
 
 # -- Run directory --------------------------------------------------------------------------
@@ -281,7 +373,7 @@ def check_run_config(path: str, config: models.LMConfig, tokenizer: tok.Tokenize
             f"{path} was trained with vocabulary {saved.get('tokenizer_fingerprint')} "
             f"({saved.get('model', {}).get('vocab_size')} tokens), but the tokenizer now has "
             f"{tokenizer.fingerprint()} ({tokenizer.vocab_size} tokens). Resume with the "
-            "tokenizer.json of that run and the same data, or use a new --output_dir.")
+            f"{tok.FILE_NAME} of that run and the same data, or use a new --output_dir.")
     now = config.to_json()
     diff = {k: (saved["model"].get(k), v) for k, v in now.items() if saved["model"].get(k) != v}
     if diff:
@@ -335,12 +427,14 @@ def train_and_evaluate(args: TrainArgs) -> dict[str, Any]:
     """
     os.makedirs(args.output_dir, exist_ok=True)
     ckpt_dir = os.path.join(args.output_dir, "checkpoints")
-    tok_path = os.path.join(args.output_dir, "tokenizer.json")
+    tok_path = os.path.join(args.output_dir, tok.FILE_NAME)
     cfg_path = os.path.join(args.output_dir, "config.json")
     main_process = jax.process_index() == 0
     if not args.resume:
         start_afresh(args.output_dir)
-    saved_tok = tok.load(tok_path) if args.resume and os.path.exists(tok_path) else None
+    saved_tok = None
+    if args.resume and os.path.exists(tok.run_file(args.output_dir)):
+        saved_tok = tok.load_from_run(args.output_dir)
 
     if jax.process_count() > 1 and saved_tok is None:
         # One vocabulary for all: process 0 builds it, the others read it.
@@ -349,7 +443,7 @@ def train_and_evaluate(args: TrainArgs) -> dict[str, Any]:
         dataset = load_dataset(args, None) if main_process else None
         if dataset is not None:
             tok.save(dataset.tokenizer, tok_path)
-        multihost_utils.sync_global_devices("lm1b: tokenizer.json written")
+        multihost_utils.sync_global_devices("lm1b: vocab.flaxen.json written")
         if dataset is None:
             dataset = load_dataset(args, tok.load(tok_path))
     else:
@@ -395,6 +489,10 @@ def train_and_evaluate(args: TrainArgs) -> dict[str, Any]:
                                 start, log, result)
         if result["final_step"] == start:  # nothing to train: still report the held-out loss
             result.update(evaluate(optimizer.target, dataset.eval, args))
+        if args.random_eval_batches > 0:
+            row = {"eval_loss_random_windows": evaluate_random_windows(
+                optimizer.target, dataset.eval, args)}
+            log(result["final_step"], row)
         if args.sample_length > 0 and main_process:
             params = optimizer.unreplicate().target.params
             text = generate.sample_text(params, config, tokenizer, args.prompt,
@@ -424,76 +522,107 @@ def start_afresh(output_dir: str) -> None:
             os.remove(path)
 
 
+def step_chunks(start: int, end: int, steps_per_call: int,
+                boundaries: tuple[int, ...]) -> list[tuple[int, int]]:
+    """``(first step, number of steps)`` of each ``train_steps`` call from ``start`` to
+    ``end``: at most ``steps_per_call`` steps, never across a multiple of one of
+    ``boundaries`` (logging, evaluation and checkpoint intervals), so every event
+    happens between two calls."""
+    chunks = []
+    step = start
+    while step < end:
+        stop = min(end, step + steps_per_call,
+                   *(step - step % b + b for b in boundaries if b > 0))
+        chunks.append((step, stop - step))
+        step = stop
+    return chunks
+
+
 def _train_loop(optimizer: optim.Optimizer, dataset: input_pipeline.Dataset, args: TrainArgs,
                 dropout_rng: jax.Array, ckpt_dir: str, start: int, log: Any,
                 result: dict[str, Any]) -> optim.Optimizer:
     """Steps ``start`` to ``num_train_steps`` (or ``stop_at_step``), with evals and saves.
 
-    Adds ``final_step``, ``wall_time_sec`` and ``train_tokens_per_sec`` (training steps
-    only: the first, compiling step and the time spent in evaluation, checkpointing and
-    logging are left out) to ``result``.
+    Runs ``train_steps`` on ``--steps_per_call`` steps at a time. JAX dispatches a call
+    and returns at once, so while the device computes one call, the host builds the next
+    call's batches and writes the previous call's metrics (which are ready by then):
+    the device never waits for the host. Only a checkpoint waits for the device.
+
+    Adds ``final_step``, ``wall_time_sec`` and ``train_tokens_per_sec`` (from the end of
+    the first, compiling call to the end; evaluations and checkpoints included) to
+    ``result``.
     """
     end = min(args.stop_at_step or args.num_train_steps, args.num_train_steps)
     schedule = (args.learning_rate, args.warmup_steps, args.num_train_steps,
                 args.min_learning_rate)
     rows = distributed.local_rows(args.batch_size, parallel.default_mesh())
-    batches = input_pipeline.train_batches(dataset.train, args.batch_size, args.context,
-                                           args.seed, start, rows)
-    pending: list[dict] = []
+    held_out = held_out_batches(dataset.eval, args)
+    chunks = step_chunks(start, end, args.steps_per_call,
+                         (args.log_every, args.eval_every, args.checkpoint_every))
+    pending: list[dict] = []  # metrics (device arrays) since the last log row
+    queued: list[tuple[int, str, Any]] = []  # rows to write once their values are ready
     t_start = time.perf_counter()
-    t_first = None  # when the first (compiling) step finished
-    t_aside = 0.0  # seconds spent outside training steps after that
-    bar = tqdm(range(start, end), initial=start, total=args.num_train_steps,
+    t_first = None  # when the first (compiling) call finished
+    bar = tqdm(total=args.num_train_steps, initial=start,
                disable=not (args.progress and jax.process_index() == 0), desc="train",
                unit="step")
-    for step in bar:
-        batch = parallel.shard_batch(next(batches))
-        optimizer, m = train_step(optimizer, batch, dropout_rng, schedule, args.grad_clip)
+
+    def write_rows() -> None:  # blocks only on values that are (nearly) ready
+        for done, kind, value in queued:
+            if kind == "train":
+                host = jax.device_get(value)
+                row = {"train_loss": float(np.mean(np.concatenate([h["loss"] for h in host]))),
+                       "grad_norm": float(np.mean(np.concatenate([h["grad_norm"]
+                                                                  for h in host]))),
+                       "learning_rate": float(host[-1]["learning_rate"][-1])}
+                bar.set_postfix(loss=f"{row['train_loss']:.3f}")
+            else:
+                (loss_sum, weight_sum), _ = jax.device_get(value)
+                loss = float(loss_sum) / max(float(weight_sum), 1.0)
+                row = {"eval_loss": loss, "eval_perplexity": float(min(math.exp(loss), 1e4))}
+                bar.write(f"step {done}: held-out loss {loss:.4f} "
+                          f"(perplexity {row['eval_perplexity']:.2f})")
+            log(done, row)
+        queued.clear()
+
+    for first, n in chunks:
+        batch = shard_steps(stack_steps([
+            input_pipeline.train_batch(dataset.train, args.batch_size, args.context,
+                                       args.seed, s, rows) for s in range(first, first + n)]))
+        optimizer, m = train_steps(optimizer, batch, dropout_rng, schedule, args.grad_clip)
+        write_rows()  # the previous call's rows, while this call runs
         pending.append(m)
-        done = step + 1
-        if step == start:
+        done = first + n
+        bar.update(n)
+        if t_first is None:
             jax.block_until_ready(m)
             t_first = time.perf_counter()
-        is_log = done % args.log_every == 0 or done == end
-        is_eval = done % args.eval_every == 0 or done == end
-        is_save = done % args.checkpoint_every == 0 or done == end
-        if not (is_log or is_eval or is_save):
-            continue
-        jax.block_until_ready(optimizer)
-        t_in = time.perf_counter()
-        if is_log:
-            host = jax.device_get(pending)
+        if done % args.log_every == 0 or done == end:
+            queued.append((done, "train", pending))
             pending = []
-            row = {"train_loss": float(np.mean([h["loss"] for h in host])),
-                   "grad_norm": float(np.mean([h["grad_norm"] for h in host])),
-                   "learning_rate": float(host[-1]["learning_rate"])}
-            if t_first is not None and done > start + 1:
-                row["tokens_per_sec"] = ((done - start - 1) * args.batch_size * args.context
-                                         / (t_in - t_first - t_aside))
-            bar.set_postfix(loss=f"{row['train_loss']:.3f}")
-            log(done, row)
-        if is_eval:
-            ev = evaluate(optimizer.target, dataset.eval, args)
-            bar.write(f"step {done}: held-out loss {ev['eval_loss']:.4f} "
-                      f"(perplexity {ev['eval_perplexity']:.2f})")
-            log(done, ev)
-        if is_save:
+        if done % args.eval_every == 0 or done == end:
+            queued.append((done, "eval", eval_sums(optimizer.target, held_out)))
+        if done % args.checkpoint_every == 0 or done == end:
+            write_rows()
             checkpoints.save_checkpoint(ckpt_dir, optimizer.unreplicate(), done,
                                         keep=args.keep_checkpoints)
-        if t_first is not None:
-            t_aside += time.perf_counter() - t_in
+    write_rows()
+    jax.block_until_ready(optimizer)
     bar.close()
+    t_end = time.perf_counter()
     result["final_step"] = max(start, end)
-    result["wall_time_sec"] = time.perf_counter() - t_start
-    if "tokens_per_sec" in result:
-        result["train_tokens_per_sec"] = result.pop("tokens_per_sec")
+    result["wall_time_sec"] = t_end - t_start
+    trained = end - start - (chunks[0][1] if chunks else 0)
+    if t_first is not None and trained > 0:
+        result["train_tokens_per_sec"] = trained * args.batch_size * args.context / (
+            t_end - t_first)
     return optimizer
 
 
 # -- Command line -----------------------------------------------------------------------------
 
 _HELP = {
-    "output_dir": "Where checkpoints, tokenizer.json, config.json, metrics.jsonl, TensorBoard "
+    "output_dir": "Where checkpoints, vocab.flaxen.json, config.json, metrics.jsonl, TensorBoard "
                   "events, curves.png and sample.txt go.",
     "data_dir": "Folder in which a relative --text_file (default tinyshakespeare.txt) is "
                 "looked up; default $FLAXEN_DATA.",
@@ -529,6 +658,12 @@ _HELP = {
     "eval_every": "Evaluate on the held-out text every this many steps (and at the end).",
     "eval_batch_size": "Global batch of the evaluation (a multiple of the number of devices).",
     "eval_batches": "Evaluate on only this many batches (0: the whole held-out text).",
+    "steps_per_call": "Training steps per compiled call (lax.scan): fewer dispatches and "
+                      "host round trips. Logging, evaluation and checkpoint intervals are "
+                      "respected exactly.",
+    "random_eval_batches": "At the end, also report nanoGPT's held-out estimate: the mean "
+                           "loss of this many random batches of --batch_size windows "
+                           "(0: off).",
     "log_every": "Write training metrics every this many steps.",
     "checkpoint_every": "Save a checkpoint every this many steps (and at the end).",
     "keep_checkpoints": "How many of the latest checkpoints to keep.",
@@ -574,6 +709,9 @@ def _define_flags() -> None:
         else:
             flags.DEFINE_string(name, default, help_text)
     flags.DEFINE_string("model_dir", None, "Deprecated: the old name of --output_dir.")
+    flags.DEFINE_bool("keep_malloc_buffers", True,
+                      "Let glibc's malloc reuse XLA's per-call temporary buffer instead of "
+                      "mapping fresh pages every call (see allocator.py); no effect on results.")
     flags.DEFINE_string("coordinator_address", None, _DISTRIBUTED_HELP["coordinator_address"])
     flags.DEFINE_integer("num_processes", None, _DISTRIBUTED_HELP["num_processes"])
     flags.DEFINE_integer("process_id", None, _DISTRIBUTED_HELP["process_id"])
@@ -590,6 +728,9 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments: {argv[1:]} (flags are spelled --name=value).")
     FLAGS = flags.FLAGS
+    if FLAGS.keep_malloc_buffers and allocator.keep_large_buffers():
+        logging.info("glibc malloc: large buffers are reused, not re-mapped each call "
+                     "(--nokeep_malloc_buffers turns this off).")
     try:
         # Before anything touches a device.
         distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
@@ -620,7 +761,7 @@ def main(argv: list[str]) -> None:
     summary = {k: v for k, v in result.items() if k != "sample"}
     out = os.path.abspath(args.output_dir)
     summary["outputs"] = {name: os.path.join(out, name) for name in (
-        "checkpoints", "config.json", "tokenizer.json", "metrics.jsonl", "curves.png",
+        "checkpoints", "config.json", tok.FILE_NAME, "metrics.jsonl", "curves.png",
         "sample.txt") if os.path.exists(os.path.join(out, name))}
     print(json.dumps(summary, indent=1))
     if "sample" in result:
@@ -638,7 +779,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def check_args(args: TrainArgs) -> None:
     """Flag values that cannot work, as a RunConfigError naming the flag."""
-    for name in ("emb_dim", "num_heads", "num_layers", "context", "batch_size",
+    for name in ("emb_dim", "num_heads", "num_layers", "context", "batch_size", "steps_per_call",
                  "num_train_steps", "eval_every", "eval_batch_size", "log_every",
                  "checkpoint_every", "keep_checkpoints"):
         if getattr(args, name) < 1:

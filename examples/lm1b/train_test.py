@@ -232,7 +232,7 @@ def test_train_loss_decreases_and_resume_continues_exactly(tmp_path):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), pa, pb)
     assert math.isclose(straight["train_loss"], resumed["train_loss"], rel_tol=1e-5)
     assert resumed["sample"].startswith("\n") and len(resumed["sample"]) == 9
-    for name in ("config.json", "tokenizer.json", "metrics.jsonl", "sample.txt"):
+    for name in ("config.json", tok.FILE_NAME, "metrics.jsonl", "sample.txt"):
         assert os.path.exists(tmp_path / "b" / name)
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(tmp_path / "b"))
     assert os.path.getsize(tmp_path / "b" / "curves.png") > 1000
@@ -240,6 +240,35 @@ def test_train_loss_decreases_and_resume_continues_exactly(tmp_path):
     assert config.vocab_size == tokenizer.vocab_size
     out = generate.sample_text(pb, config, tokenizer, "Fir", 8, jax.random.PRNGKey(0))
     assert out.startswith("Fir") and len(out) == 11
+
+
+def test_train_steps_equals_that_many_train_step_calls(tmp_path):
+    """The scanned, donating loop the example runs is the single step, k times."""
+    args = _args(tmp_path, None, batch_size=8, context=8, warmup_steps=1)
+    config = _config(vocab_size=11, max_len=8)
+    stream = np.arange(200, dtype=np.int32) % 11
+    batches = [input_pipeline.train_batch(stream, 8, 8, 0, s) for s in range(3)]
+    schedule, rng = (1e-2, 1, 12, 1e-3), jax.random.PRNGKey(3)
+
+    def fresh():
+        return train.create_optimizer(config, args, jax.random.PRNGKey(0)).replicate()
+
+    one = fresh()
+    for b in batches:
+        one, m1 = train.train_step(one, train.parallel.shard_batch(b), rng, schedule, 1.0)
+    many, ms = train.train_steps(fresh(), train.shard_steps(train.stack_steps(batches)), rng,
+                                 schedule, 1.0)
+    assert ms["loss"].shape == (3,) and int(many.state.step) == 3
+    np.testing.assert_allclose(ms["loss"][-1], m1["loss"], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 one.target.params, many.target.params)
+
+
+def test_step_chunks_never_cross_an_event():
+    assert train.step_chunks(0, 12, 10, (3, 1000, 6)) == [(0, 3), (3, 3), (6, 3), (9, 3)]
+    assert train.step_chunks(5, 27, 10, (10,)) == [(5, 5), (10, 10), (20, 7)]
+    assert train.step_chunks(0, 2000, 10, (50, 250, 500))[-1] == (1990, 10)
+    assert train.step_chunks(4, 4, 10, (3,)) == []
 
 
 # -- Bad input ----------------------------------------------------------------------------------
@@ -273,8 +302,8 @@ def test_vocabulary_mismatch_on_restore_is_clear_error(tmp_path):
         train.train_and_evaluate(_args(tmp_path / "run", str(other), resume=True))
     with pytest.raises(train.RunConfigError, match="num_layers: 2 -> 3"):
         train.train_and_evaluate(_args(tmp_path / "run", text, resume=True, num_layers=3))
-    # A tokenizer.json that is not the run's own: generate.py refuses it.
-    tok.save(tok.CharTokenizer.from_text("abc"), str(tmp_path / "run" / "tokenizer.json"))
+    # A vocabulary file that is not the run's own: generate.py refuses it.
+    tok.save(tok.CharTokenizer.from_text("abc"), str(tmp_path / "run" / tok.FILE_NAME))
     with pytest.raises(input_pipeline.VocabMismatchError, match="not the vocabulary the model "
                        "was trained with"):
         generate.load_run(str(tmp_path / "run"))

@@ -36,6 +36,7 @@ from flaxen.errors import (
     TransformInitError,
 )
 from flaxen.nn import collection as _coll
+from flaxen.nn import init_cache
 from flaxen.nn import stochastic as _stoch
 from flaxen.nn._context import current_frame, pushed, stacks, trace_state
 from flaxen.nn._layer_util import call_init
@@ -407,7 +408,12 @@ class Module:
             return params, (new_state.as_dict() if new_state is not None else {}), arrays
 
         # Only params leave the jitted function: XLA drops the forward pass as dead code.
-        params, new_values, arrays = jax.jit(init_params)(_rng, outer_key)
+        # Same module, shapes and arguments again: reuse the compiled program (init_cache).
+        key = None if passed or current_frame() is not None else init_cache.make_key(
+            cls, name, specs, args, kwargs, state is not None, outer_key is not None)
+        fn, out_shapes = init_cache.lookup(key) or (jax.jit(init_params), out_shapes)
+        params, new_values, arrays = fn(_rng, outer_key)
+        init_cache.store(key, fn, out_shapes)
         if state is not None:
             for path, value in new_values.items():
                 state._state.setdefault(path, value)
