@@ -139,7 +139,7 @@ def stack_layers(params: dict, prefix: str, name: str) -> dict:
     layers = [params[found[i]] for i in range(len(found))]
     first = jax.tree.structure(layers[0])
     for i, layer in enumerate(layers):
-        if jax.tree.structure(layer) != first or any(
+        if jax.tree.structure(layer) != first or any(  # type: ignore[operator]
                 np.shape(a) != np.shape(b)
                 for a, b in zip(jax.tree.leaves(layer), jax.tree.leaves(layers[0]))):
             raise LayerArgumentError(name, f"layer {prefix}{i}", f"the parameters of "
