@@ -9,6 +9,7 @@ from flaxen import nn as nn  # noqa: E402
 from flaxen import optim as optim  # noqa: E402
 from flaxen import parallel as parallel  # noqa: E402
 from flaxen import serialization as serialization  # noqa: E402
+from flaxen import sharding as sharding  # noqa: E402
 from flaxen import struct as struct  # noqa: E402
 from flaxen import training as training  # noqa: E402
 from flaxen import traverse_util as traverse_util  # noqa: E402

@@ -337,3 +337,14 @@ class ScanAxisError(FlaxenError):
 
 class DistributedConfigError(FlaxenError):
     """A multi-process run is configured inconsistently (flags, process counts, batch sizes)."""
+
+
+# -- Sharding rules (flaxen.sharding) ------------------------------------------------------
+
+
+class ShardingRuleError(FlaxenError):
+    """A sharding rule cannot lay out a parameter over the mesh (unknown axis, rank, size)."""
+
+    def __init__(self, path: str, shape: tuple, rule: str, problem: str, fix: str):
+        super().__init__(f'Cannot shard the parameter "{path}" of shape {shape} with the rule '
+                         f"{rule}: {problem}. {fix}")

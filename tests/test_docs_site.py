@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOCUMENTED = ["flaxen", "flaxen.nn", "flaxen.optim", "flaxen.serialization", "flaxen.metrics",
               "flaxen.jax_utils", "flaxen.parallel", "flaxen.struct", "flaxen.traverse_util",
               "flaxen.errors", "flaxen.training", "flaxen.nn.initializers",
-              "flaxen.convert"]
+              "flaxen.convert", "flaxen.sharding", "flaxen.optim.sharded"]
 
 
 def documented_modules() -> list[str]:

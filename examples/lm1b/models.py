@@ -7,7 +7,9 @@
 
 Parameter layout (``num_layers=2``, tied): ``embed/embedding``, ``pos_embed/pos_embedding``
 (learned only), ``block_0/{ln_attn, attention/{query,key,value,out}, ln_mlp,
-mlp/{Dense_0,Dense_1}}``, ``block_1/...``, ``ln_final``; untied adds ``logits``.
+mlp/{Dense_0,Dense_1}}``, ``block_1/...``, ``ln_final``; untied adds ``logits``. With
+``scan_layers``, one ``blocks/...`` entry replaces ``block_i``, each leaf stacked
+``[num_layers, ...]``.
 
 Autoregressive decoding runs one token per call with the attention layers' key/value
 cache (``nn.SelfAttention(..., decode=True)``, whose keys and values live in a state
@@ -51,6 +53,12 @@ class LMConfig:
       attention_dropout_rate: dropout on the attention weights.
       dtype: computation dtype (``jnp.bfloat16`` for bf16); params stay float32 and
         logits are returned in float32.
+      scan_layers: run the blocks with ``nn.ScanLayers`` (params stacked under
+        ``blocks/...`` with a leading ``[num_layers]`` axis; trace and compile time
+        independent of depth) instead of a Python loop (``block_0``, ``block_1``, ...).
+        ``models.stack_blocks`` / ``unstack_blocks`` convert between the two layouts.
+      remat: with ``scan_layers``, recompute each block's activations in the backward pass
+        (``jax.checkpoint``): less memory, about one more forward pass of compute.
     """
 
     vocab_size: int
@@ -64,11 +72,16 @@ class LMConfig:
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     dtype: Any = jnp.float32
+    scan_layers: bool = False
+    remat: bool = False
 
     def __post_init__(self) -> None:
         if self.emb_dim % self.num_heads:
             raise FlaxenError(f"LMConfig: emb_dim={self.emb_dim} must be divisible by "
                               f"num_heads={self.num_heads}.")
+        if self.remat and not self.scan_layers:
+            raise FlaxenError("LMConfig: remat=True needs scan_layers=True (each scanned "
+                              "block is rematerialised).")
         if self.position not in ("learned", "sinusoidal"):
             raise FlaxenError(f"LMConfig: position must be 'learned' or 'sinusoidal'; got "
                               f"{self.position!r}.")
@@ -86,6 +99,8 @@ class LMConfig:
     def from_json(cls, d: dict[str, Any]) -> LMConfig:
         """The inverse of ``to_json``."""
         d = dict(d)
+        d.setdefault("scan_layers", False)  # configs saved before these options existed
+        d.setdefault("remat", False)
         d["dtype"] = jnp.dtype(d["dtype"]).type
         return cls(**d)
 
@@ -215,8 +230,14 @@ class TransformerLM(nn.Module):
         x = embed(inputs).astype(c.dtype)
         x = AddPositionEmbs(x, positions, c.max_len, c.position, name="pos_embed")
         x = nn.dropout(x, c.dropout_rate, deterministic=deterministic)
-        for i in range(c.num_layers):
-            x = DecoderBlock(x, c, deterministic, decode, name=f"block_{i}")
+        if c.scan_layers:
+            # A decoding cache is module state, which a scan cannot write: loop instead.
+            x = nn.ScanLayers(x, block=DecoderBlock.partial(config=c), num_layers=c.num_layers,
+                              remat=c.remat, loop=decode, deterministic=deterministic,
+                              decode=decode, name="blocks")
+        else:
+            for i in range(c.num_layers):
+                x = DecoderBlock(x, c, deterministic, decode, name=f"block_{i}")
         x = nn.LayerNorm(x, dtype=c.dtype, name="ln_final")
         if c.tied_embeddings:
             logits = embed.attend(x, dtype=c.dtype)  # type: ignore[attr-defined]
@@ -259,3 +280,13 @@ def decode_step(params: dict, config: LMConfig, cache: nn.Collection, tokens: ja
     logits, cache = TransformerLM.call_with_state(params, cache, tokens, config=config,
                                                   positions=positions, decode=True)
     return logits[:, 0], cache
+
+
+def stack_blocks(params: dict) -> dict:
+    """Per-layer params (``block_0``, ``block_1``, ...) in the ``scan_layers`` layout."""
+    return nn.stack_layers(params, prefix="block_", name="blocks")
+
+
+def unstack_blocks(params: dict) -> dict:
+    """``scan_layers`` params (``blocks/...``, stacked) in the per-layer layout."""
+    return nn.unstack_layers(params, name="blocks", prefix="block_")

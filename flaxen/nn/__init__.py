@@ -59,3 +59,6 @@ from flaxen.nn.recurrent import RNN as RNN
 from flaxen.nn.recurrent import GRUCell as GRUCell
 from flaxen.nn.recurrent import LSTMCell as LSTMCell
 from flaxen.nn import export as export  # registers Model/Collection with jax.export
+from flaxen.nn.scan import ScanLayers as ScanLayers
+from flaxen.nn.scan import stack_layers as stack_layers
+from flaxen.nn.scan import unstack_layers as unstack_layers

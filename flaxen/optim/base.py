@@ -511,3 +511,13 @@ class Optimizer:
                 one = Optimizer(opt_def.optimizer_def, one.state, one.target)
             return one
         return parallel.unreplicate(self)
+
+    def shard(self, mesh: Any, rules: Any) -> Optimizer:
+        """This optimizer laid out over ``mesh`` by sharding ``rules`` (params and state).
+
+        See ``flaxen.sharding`` (the rules) and ``flaxen.optim.sharded``, and
+        ``docs/large_models.md``.
+        """
+        from flaxen.optim.sharded import shard_optimizer
+
+        return shard_optimizer(self, mesh, rules)
