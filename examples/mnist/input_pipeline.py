@@ -265,6 +265,7 @@ def _download(url: str, target: Path, timeout: float) -> None:
 
 def how_to_supply(spec: DatasetSpec, folder: Path, missing: Sequence[str]) -> str:
     urls = ", ".join(spec.mirrors)
+    folder = Path(os.path.abspath(folder))  # a relative --data_dir is shown resolved
     return (
         f"Missing {spec.name} files in {folder}: {', '.join(missing)}. Either connect to the "
         f"internet (they are downloaded from {urls}), or copy the four IDX files (gzip or "

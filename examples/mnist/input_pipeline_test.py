@@ -172,6 +172,14 @@ def test_missing_files_in_data_dir(tmp_path):
         ip.get_datasets("idx", str(tmp_path))
 
 
+def test_missing_files_message_shows_a_relative_data_dir_resolved(tmp_path, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ip.DataError) as e:
+        ip.get_datasets("idx", "empty")
+    assert f"Missing idx files in {tmp_path / 'empty'}:" in str(e.value)
+
+
 @pytest.mark.skipif(not Path(ip.FASHION_MNIST_SYSTEM_DIR).is_dir(), reason="no Fashion-MNIST")
 def test_fallback_to_local_fashion_mnist(tmp_path, monkeypatch):
     offline = dataclasses.replace(ip.MNIST, mirrors=((tmp_path / "nowhere").as_uri() + "/",))

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from examples.mnist import input_pipeline, train
+from examples.mnist import extras, input_pipeline, train
 from flaxen import metrics
 
 
@@ -148,7 +148,7 @@ def test_data_parallel_matches_single_device_synthetic(tmp_path):
     r1 = metrics.read_jsonl(tmp_path / "1" / "metrics.jsonl")[0]
     r8 = metrics.read_jsonl(tmp_path / "8" / "metrics.jsonl")[0]
     assert r8["test_accuracy"] == pytest.approx(r1["test_accuracy"], abs=0.01)
-    with pytest.raises(train.UsageError, match="divisible by the number of devices"):
+    with pytest.raises(extras.UsageError, match="divisible by the number of devices"):
         train.train(train_ds, test_ds, config(tmp_path / "x", batch_size=60, num_devices=8))
 
 
@@ -213,7 +213,7 @@ def test_falls_back_to_fashion_mnist_in_flaxen_data_and_says_why(monkeypatch, tm
     assert loaded.name == "fashion_mnist" and loaded.folder == tmp_path / "data" / "fashion-mnist"
     assert "could not be downloaded" in loaded.note and str(loaded.folder) in loaded.note
     cfg = config(tmp_path / "out")
-    lines = train.summary_lines(loaded, cfg, 1.5)
+    lines = extras.summary_lines(loaded, cfg, 1.5)
     assert lines[0].startswith("Dataset: fashion_mnist from ") and "why not MNIST" in lines[1]
 
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import flaxen
-from examples.mnist.models import CNN  # the seed README's model, as the example ships it
+from examples.mnist.train import CNN  # the seed README's model, as the example ships it
 from flaxen import nn
 
 
