@@ -31,6 +31,7 @@ at init, allocated with ``initialize_cache``, mutated once per step; see
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from flaxen import jax_utils
 from flaxen.errors import CacheError, LayerArgumentError, ParamNotFoundError, ShapeError
 from flaxen.nn import initializers
 from flaxen.nn.attention_fn import dot_product_attention as dot_product_attention
@@ -364,9 +366,5 @@ class SelfAttention(MultiHeadDotProductAttention):
 
 def scan_in_dim(*args: Any, **kwargs: Any) -> Any:
     """Deprecated alias of ``flaxen.jax_utils.scan_in_dim`` (moved there, as in 2020)."""
-    import warnings
-
-    from flaxen import jax_utils
-
     warnings.warn("scan_in_dim moved to flaxen.jax_utils", DeprecationWarning, stacklevel=2)
     return jax_utils.scan_in_dim(*args, **kwargs)
