@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 # The modules whose public names the API reference must document.
 DOCUMENTED = ["flaxen", "flaxen.nn", "flaxen.optim", "flaxen.serialization", "flaxen.metrics",
               "flaxen.jax_utils", "flaxen.parallel", "flaxen.struct", "flaxen.traverse_util",
-              "flaxen.errors", "flaxen.training", "flaxen.nn.initializers",
+              "flaxen.errors", "flaxen.training", "flaxen.nn.initializers", "flaxen.nn.utils",
               "flaxen.convert", "flaxen.sharding", "flaxen.optim.sharded"]
 
 

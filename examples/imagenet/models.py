@@ -121,8 +121,7 @@ class ResNet(nn.Module):
           dtype: computation dtype (``jnp.bfloat16`` for mixed precision); params stay f32.
         """
         if x.ndim != 4:
-            where = type(self).__name__ + ("" if self.path == "/" else self.path)
-            raise ShapeError(where, "input images", "rank 4 [batch, height, width, "
+            raise ShapeError(self.label, "input images", "rank 4 [batch, height, width, "
                              "channels]", f"shape {x.shape}",
                              "Add a batch axis with x[None] for a single image.")
         conv = _conv(dtype)

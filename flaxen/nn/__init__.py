@@ -55,6 +55,7 @@ from flaxen.nn.attention import dot_product_attention as dot_product_attention
 from flaxen.nn.attention import make_attention_mask as make_attention_mask
 from flaxen.nn.attention import make_causal_mask as make_causal_mask
 from flaxen.nn.attention import make_padding_mask as make_padding_mask
+from flaxen.nn import attention as attention  # nn.attention.Cache, as in the pre-release
 from flaxen.nn.recurrent import RNN as RNN
 from flaxen.nn.recurrent import GRUCell as GRUCell
 from flaxen.nn.recurrent import LSTMCell as LSTMCell

@@ -1,11 +1,10 @@
-"""Dot-product attention: the function, masks, and the multi-head layers with a decode cache.
+"""The multi-head attention layers, ``MultiHeadDotProductAttention`` and ``SelfAttention``.
 
-Shapes follow the pre-release Flax: queries, keys and values are
-``(batch, d1, ..., dn, heads, depth)``; attention runs over some of the ``d`` axes
-(by default all of them). Masks are booleans (True = may attend) or additive biases
-with the layout of the attention logits ``(batch, other dims..., heads, q dims..., k
-dims...)``, where any axis may be 1 to broadcast; the usual 1-D case is
-``(batch, heads or 1, q_len, k_len)``.
+Inputs are ``(batch, d1, ..., dn, features)``; the layers project them to ``num_heads``
+heads, attend over some of the ``d`` axes (by default all of them) with
+``dot_product_attention`` (``flaxen/nn/attention_fn.py``), and project back. The masks
+(``flaxen/nn/attention_masks.py``) and the function are importable from here too, as
+``nn.attention.*`` in the pre-release.
 
 Autoregressive decoding (``MultiHeadDotProductAttention(..., decode=True)``) keeps the
 projected keys and values in module state, ``cached_key``, ``cached_value`` (``(batch,
@@ -29,8 +28,10 @@ at init, allocated with ``initialize_cache``, mutated once per step; see
 ``flaxen/nn/cache.py``), whose entries live outside the module state.
 """
 
+
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,235 +40,23 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from flaxen import jax_utils
 from flaxen.errors import CacheError, LayerArgumentError, ParamNotFoundError, ShapeError
 from flaxen.nn import initializers
-from flaxen.nn._layer_util import InitFn, as_tuple, where
+from flaxen.nn.attention_fn import dot_product_attention as dot_product_attention
+from flaxen.nn.attention_fn import mask_to_bias as mask_to_bias
+from flaxen.nn.attention_masks import make_attention_mask as make_attention_mask
+from flaxen.nn.attention_masks import make_causal_mask as make_causal_mask
+from flaxen.nn.attention_masks import make_padding_mask as make_padding_mask
 from flaxen.nn.base import Module
 from flaxen.nn.cache import Cache as Cache
 from flaxen.nn.cache import CacheEntry as CacheEntry
-from flaxen.nn.cache import _CacheEntry as _CacheEntry
-from flaxen.nn.cache import cache_step as _cache_step
+from flaxen.nn.cache import cache_step
+from flaxen.nn.initializers import InitFn
 from flaxen.nn.linear import DenseGeneral, default_kernel_init
-from flaxen.nn.stochastic import make_rng
+from flaxen.nn.utils import as_tuple
 
-
-def _mask_value(dtype: Any) -> float:
-    """The additive bias of a masked position: -1e10, or less extreme for float16."""
-    return float(max(-1e10, float(jnp.finfo(dtype).min) / 2))
-
-
-def mask_to_bias(mask: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
-    """A boolean mask (True = attend) as an additive bias: 0 where True, very negative else."""
-    mask = jnp.asarray(mask)
-    return jnp.where(mask.astype(jnp.bool_), jnp.zeros((), dtype),
-                     jnp.asarray(_mask_value(dtype), dtype))
-
-
-def _check_attention_args(q: jax.Array, k: jax.Array, v: jax.Array,
-                          axis: int | Sequence[int] | None) -> tuple[int, ...]:
-    path = where()
-    if not q.ndim == k.ndim == v.ndim or q.ndim < 4:
-        raise ShapeError(path, "query/key/value ranks", "equal ranks >= 4 (batch, attention "
-                         "dims..., heads, depth)",
-                         f"shapes {q.shape}, {k.shape}, {v.shape}")
-    nd = q.ndim
-    axes = tuple(range(1, nd - 2)) if axis is None else tuple(a % nd for a in as_tuple(axis))
-    if not axes or any(not 1 <= a < nd - 2 for a in axes) or len(set(axes)) != len(axes):
-        raise ShapeError(path, "attention axis", f"distinct axes between the batch axis and "
-                         f"the last two axes, i.e. in [1, {nd - 2})", f"axis={axis}")
-    if k.shape[:-1] != v.shape[:-1]:
-        raise ShapeError(path, "key and value shapes", "equal but for the last axis",
-                         f"key {k.shape}, value {v.shape}")
-    same = [0, nd - 2, nd - 1] + [a for a in range(1, nd - 2) if a not in axes]
-    if any(q.shape[a] != k.shape[a] for a in same):
-        raise ShapeError(path, "query and key shapes", "equal batch, heads, depth and "
-                         "non-attention dims", f"query {q.shape}, key {k.shape}")
-    return tuple(sorted(axes))
-
-
-def _check_bias(name: str, b: jax.Array, logits_shape: tuple[int, ...]) -> None:
-    ok = b.ndim == len(logits_shape) and all(
-        s in (1, t) for s, t in zip(b.shape, logits_shape))
-    if not ok:
-        raise ShapeError(where(), f"attention {name} shape", f"rank {len(logits_shape)}, "
-                         f"broadcastable to the logits shape {logits_shape} (batch, other "
-                         "dims, heads, q dims, k dims)", f"{name} shape {b.shape}")
-
-
-def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
-                          dtype: Any = jnp.float32, bias: jax.Array | None = None,
-                          axis: int | Sequence[int] | None = None,
-                          broadcast_dropout: bool = True, dropout_rng: jax.Array | None = None,
-                          dropout_rate: float = 0.0, deterministic: bool = False,
-                          precision: Any = None, mask: jax.Array | None = None,
-                          implementation: str | None = None) -> jax.Array:
-    """``softmax(q k^T / sqrt(depth) + bias) v`` over the attention axes.
-
-    Two implementations, same results:
-
-    - ``"jax_nn"``: ``jax.nn.dot_product_attention``, so fast kernels (cuDNN flash
-      attention) are used where the backend has them. Only for the common case: one
-      attention axis (rank-4 inputs), no dropout, default precision, and
-      ``depth == v_depth``.
-    - ``"einsum"``: two einsums and a float32 softmax; handles several attention axes
-      (e.g. 2-D attention over images), other non-attention axes, and dropout.
-
-    ``implementation=None`` picks ``"jax_nn"`` where it fits on GPU/TPU and ``"einsum"``
-    otherwise: on CPU, XLA runs ``jax.nn.dot_product_attention`` about 2.4x slower than
-    the einsum path (measured at (4, 256, 8, 64), float32).
-
-    Args:
-      query: ``(batch, d1..dn, heads, depth)``.
-      key: ``(batch, d1'..dn', heads, depth)`` (only the attention dims may differ).
-      value: ``(batch, d1'..dn', heads, v_depth)``.
-      dtype: computation dtype (inputs are cast to it; softmax runs in float32).
-      bias: additive bias, or a boolean mask, broadcastable to the logits
-        ``(batch, other dims..., heads, q attention dims..., k attention dims...)``,
-        with that rank.
-      axis: the attention axes (default: all of ``d1..dn``).
-      broadcast_dropout: share the dropout mask across batch, heads and other dims.
-      dropout_rng: key for dropout; default ``nn.make_rng()``.
-      dropout_rate: dropout on the attention weights.
-      deterministic: disables dropout.
-      precision: ``lax.Precision`` of both contractions.
-      mask: a boolean mask (True = attend), same layout as ``bias``; combined with it.
-      implementation: ``None`` (automatic), ``"jax_nn"`` (where it fits; else the
-        einsum path) or ``"einsum"``.
-
-    Returns:
-      ``(batch, d1..dn, heads, v_depth)`` in ``dtype``.
-
-    Raises:
-      ShapeError: mismatched ranks or shapes, a bad axis, or a mask/bias that does not
-        broadcast to the logits (the message names both shapes).
-    """
-    q, k, v = (jnp.asarray(a).astype(dtype) for a in (query, key, value))
-    axes = _check_attention_args(q, k, v, axis)
-    nd = q.ndim
-    others = tuple(a for a in range(1, nd - 2) if a not in axes)
-    bl = (q.shape[0],) + tuple(q.shape[a] for a in others)
-    qa = tuple(q.shape[a] for a in axes)
-    ka = tuple(k.shape[a] for a in axes)
-    heads = q.shape[-2]
-    logits_shape = bl + (heads,) + qa + ka
-    total_bias = None
-    for name, b in (("bias", bias), ("mask", mask)):
-        if b is None:
-            continue
-        b = jnp.asarray(b)
-        _check_bias(name, b, logits_shape)
-        b = mask_to_bias(b, dtype) if (name == "mask" or b.dtype == jnp.bool_) else b
-        b = b.astype(dtype)
-        total_bias = b if total_bias is None else total_bias + b
-    use_dropout = not deterministic and dropout_rate > 0.0
-    if not 0.0 <= dropout_rate < 1.0:
-        raise LayerArgumentError(where(), "attention dropout_rate", "a value in [0, 1)",
-                                 dropout_rate)
-
-    if implementation not in (None, "jax_nn", "einsum"):
-        raise LayerArgumentError(where(), "attention implementation", "None, 'jax_nn' or "
-                                 "'einsum'", repr(implementation))
-    if implementation is None:
-        implementation = "einsum" if jax.default_backend() == "cpu" else "jax_nn"
-    fits = nd == 4 and not use_dropout and precision is None and v.shape[-1] == q.shape[-1]
-    if implementation == "jax_nn" and fits:
-        if total_bias is not None:
-            total_bias = jnp.broadcast_to(total_bias, logits_shape)
-        # jax.nn promotes bf16 logits to f32 implicitly, which strict promotion rejects.
-        with jax.numpy_dtype_promotion("standard"):
-            out = jax.nn.dot_product_attention(q, k, v, bias=total_bias)
-        return out.astype(dtype)
-
-    perm = (0,) + others + (nd - 2,) + axes + (nd - 1,)
-    lq, lk = int(np.prod(qa)), int(np.prod(ka))
-    qf = jnp.transpose(q, perm).reshape(bl + (heads, lq, q.shape[-1]))
-    kf = jnp.transpose(k, perm).reshape(bl + (heads, lk, k.shape[-1]))
-    vf = jnp.transpose(v, perm).reshape(bl + (heads, lk, v.shape[-1]))
-    qf = qf / jnp.sqrt(jnp.asarray(q.shape[-1], jnp.float32)).astype(dtype)
-    logits = jnp.einsum("...qd,...kd->...qk", qf, kf, precision=precision)
-    if total_bias is not None:
-        full = jnp.broadcast_to(total_bias, logits_shape)
-        logits = logits + full.reshape(bl + (heads, lq, lk))
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
-    if use_dropout:
-        rng = make_rng() if dropout_rng is None else dropout_rng
-        keep_prob = 1.0 - dropout_rate
-        shape = ((1,) * (len(bl) + 1) + (lq, lk)) if broadcast_dropout else weights.shape
-        keep = jax.random.bernoulli(rng, keep_prob, shape)
-        keep = jnp.broadcast_to(keep, weights.shape)
-        weights = jnp.where(keep, weights / jnp.asarray(keep_prob, dtype),
-                            jnp.zeros((), dtype))
-    out = jnp.einsum("...qk,...kd->...qd", weights, vf, precision=precision)
-    out = out.reshape(bl + (heads,) + qa + (v.shape[-1],))
-    return jnp.transpose(out, tuple(np.argsort(perm))).astype(dtype)
-
-
-# -- Masks ---------------------------------------------------------------------------
-
-
-def make_attention_mask(query_input: jax.Array, key_input: jax.Array,
-                        pairwise_fn: Callable[[Any, Any], Any] = jnp.multiply,
-                        dtype: Any = jnp.bool_) -> jax.Array:
-    """A ``(batch, 1, q_len, k_len)`` mask from per-position values.
-
-    Args:
-      query_input: ``(batch, q_len)`` (e.g. 1 for real tokens, 0 for padding, or
-        segment ids with ``pairwise_fn=jnp.equal``).
-      key_input: ``(batch, k_len)``.
-      pairwise_fn: combines a query value and a key value; nonzero/True = attend.
-      dtype: of the result (bool by default).
-    """
-    qi, ki = jnp.asarray(query_input), jnp.asarray(key_input)
-    if qi.ndim != 2 or ki.ndim != 2 or qi.shape[0] != ki.shape[0]:
-        raise ShapeError(where(), "make_attention_mask inputs", "(batch, q_len) and "
-                         "(batch, k_len) with the same batch", f"{qi.shape} and {ki.shape}")
-    m = pairwise_fn(qi[:, :, None], ki[:, None, :])
-    return m[:, None].astype(dtype)
-
-
-def make_causal_mask(x: jax.Array, dtype: Any = jnp.bool_) -> jax.Array:
-    """A ``(batch, 1, len, len)`` mask letting position i attend to positions j <= i.
-
-    Args:
-      x: ``(batch, len)`` (only the shape is used).
-      dtype: of the result (bool by default).
-    """
-    x = jnp.asarray(x)
-    if x.ndim != 2:
-        raise ShapeError(where(), "make_causal_mask input", "shape (batch, len)",
-                         f"shape {x.shape}")
-    idx = jnp.arange(x.shape[1], dtype=jnp.int32)
-    m = make_attention_mask(jnp.broadcast_to(idx, x.shape), jnp.broadcast_to(idx, x.shape),
-                            jnp.greater_equal)
-    return m.astype(dtype)
-
-
-def make_padding_mask(padding_mask_query: jax.Array, padding_mask_key: jax.Array | None = None,
-                      dtype: Any = jnp.float32, segmentation_mask: bool = False) -> jax.Array:
-    """The pre-release padding mask: ``(batch, 1, q dims..., k dims...)``.
-
-    Args:
-      padding_mask_query: ``(batch, q dims...)``, nonzero for real positions (a trailing
-        axis of size 1, as the pre-release examples passed, is dropped). With
-        ``segmentation_mask=True``, segment ids instead.
-      padding_mask_key: ``(batch, k dims...)``; defaults to the query's.
-      dtype: of the result (float32, as in the pre-release).
-      segmentation_mask: attend only where segment ids are equal.
-    """
-    q = jnp.asarray(padding_mask_query)
-    k = q if padding_mask_key is None else jnp.asarray(padding_mask_key)
-    if q.ndim > 2 and q.shape[-1] == 1:
-        q = q[..., 0]
-    if k.ndim > 2 and k.shape[-1] == 1:
-        k = k[..., 0]
-    if q.shape[0] != k.shape[0] or q.ndim < 2 or k.ndim < 2:
-        raise ShapeError(where(), "padding masks", "(batch, dims...) with the same batch",
-                         f"query mask {q.shape}, key mask {k.shape}")
-    qf = q.reshape(q.shape[0], -1)
-    kf = k.reshape(k.shape[0], -1)
-    fn = jnp.equal if segmentation_mask else (lambda a, b: a.astype(bool) & b.astype(bool))
-    m = make_attention_mask(qf, kf, fn, jnp.bool_)
-    return m.reshape((q.shape[0], 1) + q.shape[1:] + k.shape[1:]).astype(dtype)
+_CacheEntry = CacheEntry  # the pre-release private name
 
 
 def _causal_bias_mask(attn_shape: tuple[int, ...]) -> jax.Array:
@@ -276,8 +65,6 @@ def _causal_bias_mask(attn_shape: tuple[int, ...]) -> jax.Array:
     tri = np.tril(np.ones((n, n), np.bool_))
     return jnp.asarray(tri.reshape((1, 1) + attn_shape + attn_shape))
 
-
-# -- Layers --------------------------------------------------------------------------
 
 
 def _check_positive_int(path: str, name: str, value: Any, optional: bool = False) -> None:
@@ -358,7 +145,7 @@ class MultiHeadDotProductAttention(Module):
           out_features), bias (out_features,)}``. State with ``decode=True``:
           ``cached_key``/``cached_value`` ``(batch, max_len, H, D)``, ``cache_index`` ().
         """
-        path = where(self)
+        path = self.label
         inputs_q = jnp.asarray(inputs_q)
         inputs_kv = inputs_q if inputs_kv is None else jnp.asarray(inputs_kv)
         for name, x in (("inputs_q", inputs_q), ("inputs_kv", inputs_kv)):
@@ -404,7 +191,7 @@ class MultiHeadDotProductAttention(Module):
                 raise LayerArgumentError(path, "decode and cache", "one of them", "both",
                                          "decode=True keeps the cache in module state; "
                                          "cache= is the pre-release Cache. Use one.")
-            step_mask = _cache_step(self, path, cache, causal_mask, inputs_q, key, value,
+            step_mask = cache_step(self, path, cache, causal_mask, inputs_q, key, value,
                                     axes, nd)
             if step_mask is not None:
                 key, value, cache_mask, in_range = step_mask
@@ -562,7 +349,7 @@ class SelfAttention(MultiHeadDotProductAttention):
         ``inputs=`` is accepted as another name of ``inputs_q``; ``num_heads`` is
         required; other keyword arguments as in ``MultiHeadDotProductAttention``.
         """
-        path = where(self)
+        path = self.label
         if (inputs_q is None) == (inputs is None):
             raise LayerArgumentError(path, "SelfAttention input", "exactly one of inputs_q "
                                      "(positional) or inputs=", "both" if inputs_q is not None
@@ -579,9 +366,5 @@ class SelfAttention(MultiHeadDotProductAttention):
 
 def scan_in_dim(*args: Any, **kwargs: Any) -> Any:
     """Deprecated alias of ``flaxen.jax_utils.scan_in_dim`` (moved there, as in 2020)."""
-    import warnings
-
-    from flaxen import jax_utils
-
     warnings.warn("scan_in_dim moved to flaxen.jax_utils", DeprecationWarning, stacklevel=2)
     return jax_utils.scan_in_dim(*args, **kwargs)

@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
 from flaxen.errors import (
     InvalidNameError,
@@ -39,11 +40,10 @@ from flaxen.nn import collection as _coll
 from flaxen.nn import init_cache
 from flaxen.nn import stochastic as _stoch
 from flaxen.nn._context import current_frame, pushed, stacks, trace_state
-from flaxen.nn._layer_util import call_init
+from flaxen.nn.initializers import InitFn, call_init
 from flaxen.traverse_util import path_to_str
 
 Params = dict[str, Any]
-InitFn = Callable[[jax.Array, Any], Any]  # (key, shape) -> value
 
 
 def fold_in_str(rng: jax.Array, name: str) -> jax.Array:
@@ -252,15 +252,18 @@ class Module:
 
     # -- Inside apply -------------------------------------------------------------------
 
-    def param(self, name: str, shape: Sequence[int] | None, initializer: InitFn) -> Any:
+    def param(self, name: str, shape: Sequence[int] | None, initializer: InitFn,
+              dtype: DTypeLike = jnp.float32) -> Any:
         """Creates (at init) or reads (at call) the parameter ``name`` of this module.
 
         Args:
           name: the key in this module's params dict (``kernel``, ``bias``, ...).
           shape: the expected shape, checked against the stored value; None for a
             parameter that is an arbitrary pytree.
-          initializer: ``initializer(key, shape, dtype) -> array`` (dtype float32), called
-            only at init; a two-argument ``initializer(key, shape)`` works too.
+          initializer: ``initializer(key, shape, dtype) -> array``, called only at init;
+            a two-argument ``initializer(key, shape)`` works too (its result is cast).
+          dtype: the storage dtype passed to the initializer (a layer's ``param_dtype``).
+            At call time the stored value is returned as it is.
 
         Raises:
           ParamShapeError: the stored parameter has another shape.
@@ -272,7 +275,8 @@ class Module:
         path = frame.label(name, "params")
         if frame.is_init and name not in frame.params:
             value = _init_value(frame, path, frame.rng,
-                                lambda: call_init(initializer, fold_in_str(frame.rng, name), shape))
+                                lambda: call_init(initializer, fold_in_str(frame.rng, name), shape,
+                                                  dtype))
             frame.params[name] = value
         elif name in frame.params:
             value = frame.params[name]
@@ -298,7 +302,8 @@ class Module:
 
         The value lives in ``collection`` or, by default, the active ``nn.stateful``
         collection. If it does not exist yet and ``initializer`` is given, it is set to
-        ``initializer(key, shape)`` with a key derived from this module's path.
+        ``initializer(key, shape, float32)`` (or ``initializer(key, shape)``) with a key
+        derived from this module's path.
         """
         collection = _coll.get_state() if collection is None else collection
         handle = _coll.ModuleState(collection, name)
@@ -328,8 +333,15 @@ class Module:
 
     @property
     def path(self) -> str:
-        """The slash path of this module (``/Conv_0``), for messages and state keys."""
+        """The slash path of this module (``/Conv_0``): the key of its entries in a
+        ``Collection`` (state, captured outputs), the pre-release spelling."""
         return self._frame.path
+
+    @property
+    def label(self) -> str:
+        """Where this module is, for messages: the root module's class, then the names
+        down to this module (``CNN/Conv_0``), spelled by ``traverse_util.path_to_str``."""
+        return path_to_str(self._frame.label())
 
     # -- Entry points -------------------------------------------------------------------
 

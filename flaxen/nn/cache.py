@@ -23,6 +23,7 @@ of ``lax.while_loop`` or pass through ``jax.jit`` (immutable, outside ``mutate``
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -91,15 +92,13 @@ class Cache(Collection):
                             or d < 1 for d in shape):
             raise CacheError("<initialize_cache>", "cache shape", "a tuple of positive ints "
                              "(batch, length)", repr(shape), _INIT_FIX)
-        if not self._state:
+        if not self.state:
             raise CacheError("<initialize_cache>", "cache definition", "descriptors stored "
                              "by caching modules at init", "an empty Cache", "Pass the "
                              "mutable cache definition as `cache=` to the model's init "
                              "(and `causal_mask=True` to its attention layers). " + _INIT_FIX)
-        state = {path: _allocate(path, desc, shape, dtype) for path, desc in self._state.items()}
-        new = self._clone()
-        new._state = state
-        return new
+        return self.with_state({path: _allocate(path, desc, shape, dtype)
+                                for path, desc in self.state.items()})
 
 
 def _descriptor(path: str, desc: Any) -> tuple[int, tuple[int, ...], tuple[int, ...], Any]:
@@ -158,7 +157,7 @@ def cache_step(module: Any, path: str, cache: Any, causal_mask: bool, inputs_q: 
     if axes != tuple(range(1, nd - 1)):
         raise LayerArgumentError(path, "attention_axis with a cache", f"all axes between "
                                  f"batch and features {tuple(range(1, nd - 1))}", axes)
-    if not cache._mutable:
+    if not cache.mutable:
         raise CacheError(path, "cache", "a mutable cache", "an immutable one",
                          "Open the step with `with cache.mutate() as new_cache:` and pass "
                          "`cache=new_cache`; `new_cache` is the cache for the next step.")
@@ -197,7 +196,8 @@ def cache_step(module: Any, path: str, cache: Any, causal_mask: bool, inputs_q: 
         starts[a], rest = rest // size, rest % size
     ck = lax.dynamic_update_slice(ck, key.astype(ck.dtype), starts)
     cv = lax.dynamic_update_slice(cv, value.astype(cv.dtype), starts)
-    cache.store(entry.replace(key=ck, value=cv, i=entry.i + jnp.ones((), entry.i.dtype)))
+    cache.store(dataclasses.replace(entry, key=ck, value=cv,
+                                    i=entry.i + jnp.ones((), entry.i.dtype)))
     filled = jnp.arange(total, dtype=jnp.int32) <= index
     mask = filled.reshape((1, 1) + (1,) * len(axes) + attn_shape)
     return ck, cv, mask, index < total

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import types
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, cast
 
 import jax
 
@@ -53,6 +53,18 @@ class Collection:
     def as_dict(self) -> dict[str, Any]:
         """A shallow copy of the ``{path: value}`` dict."""
         return dict(self._state)
+
+    @property
+    def mutable(self) -> bool:
+        """Whether ``store`` may write (inside ``mutate()`` or a mutable ``nn.stateful``)."""
+        return self._mutable
+
+    def with_state(self, state: Mapping[str, Any]) -> Self:
+        """An immutable copy of this Collection (same class and anchor) holding ``state``,
+        a ``{path: value}`` dict, instead of its own entries."""
+        new = self._clone()
+        new._state = dict(state)
+        return cast(Self, new)
 
     def __getitem__(self, path: str) -> Any:
         return self._state[path]

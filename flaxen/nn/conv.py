@@ -16,17 +16,10 @@ from jax import lax
 
 from flaxen.errors import LayerArgumentError, ShapeError
 from flaxen.nn import initializers
-from flaxen.nn._layer_util import (
-    InitFn,
-    as_tuple,
-    check_features,
-    check_positive,
-    param_for_input,
-    where,
-    with_dtype,
-)
 from flaxen.nn.base import Module
+from flaxen.nn.initializers import InitFn
 from flaxen.nn.linear import default_kernel_init
+from flaxen.nn.utils import as_tuple, check_features, check_positive, param_for_input
 
 Padding = str | Sequence[tuple[int, int]]
 
@@ -40,7 +33,7 @@ def _dimension_numbers(n: int) -> lax.ConvDimensionNumbers:
 def _prepare(module: Module, inputs: Any, features: Any, kernel_size: Sequence[int],
              strides: Any, padding: Padding) -> tuple[jax.Array, bool, tuple, tuple, Padding]:
     """Checks the input rank and the arguments; adds a batch axis to an unbatched input."""
-    path = where(module)
+    path = module.label
     inputs = jnp.asarray(inputs)
     check_features(path, "features", features)
     kernel_size = as_tuple(kernel_size)
@@ -74,13 +67,13 @@ def _kernel(module: Module, shape: tuple, init: InitFn, param_dtype: Any, inputs
     was read (an unbatched input is read as one example, channels-last)."""
     shown = inputs.shape[1:] if unbatched else inputs.shape
     try:
-        return param_for_input(module, "kernel", shape, with_dtype(init, param_dtype), shown)
+        return param_for_input(module, "kernel", shape, init, shown, param_dtype)
     except ShapeError as e:
         if not unbatched:
             raise
         n = len(shown) - 1
         raise ShapeError(
-            where(module), "the input does not fit the stored kernel of shape "
+            module.label, "the input does not fit the stored kernel of shape "
             f"{tuple(module.get_param('kernel').shape)}",
             f"(batch, {n} spatial, {module.get_param('kernel').shape[-2]} features)",
             f"input shape {tuple(shown)}, read as ONE unbatched example with spatial "
@@ -126,12 +119,12 @@ class Conv(Module):
         g = feature_group_count
         if g < 1 or in_features % g or features % g:
             raise LayerArgumentError(
-                where(self), "feature_group_count", "a positive divisor of both in_features "
+                self.label, "feature_group_count", "a positive divisor of both in_features "
                 f"({in_features}) and features ({features})", g)
         kernel_shape = kernel_size + (in_features // g, features)
         kernel = _kernel(self, kernel_shape, kernel_init, param_dtype, inputs, unbatched)
-        lhs_dil = check_positive(where(self), "input_dilation", input_dilation, n)
-        rhs_dil = check_positive(where(self), "kernel_dilation", kernel_dilation, n)
+        lhs_dil = check_positive(self.label, "input_dilation", input_dilation, n)
+        rhs_dil = check_positive(self.label, "kernel_dilation", kernel_dilation, n)
         if lhs_dil is not None and isinstance(padding, str):
             # lax wants explicit pads with input dilation: those of the dilated shapes.
             sp = tuple((s - 1) * d + 1 for s, d in zip(inputs.shape[1:-1], lhs_dil))
@@ -179,7 +172,7 @@ class ConvTranspose(Module):
         n = len(kernel_size)
         kernel_shape = kernel_size + (inputs.shape[-1], features)
         kernel = _kernel(self, kernel_shape, kernel_init, param_dtype, inputs, unbatched)
-        rhs_dil = check_positive(where(self), "kernel_dilation", kernel_dilation, n)
+        rhs_dil = check_positive(self.label, "kernel_dilation", kernel_dilation, n)
         dn = _dimension_numbers(n)
         y = lax.conv_transpose(
             inputs.astype(dtype), jnp.asarray(kernel).astype(dtype), strides, padding,
@@ -193,7 +186,7 @@ def _add_bias(module: Module, y: jax.Array, bias: bool, features: int, bias_init
     """Adds the ``bias`` param (``(features,)``) if wanted; drops the batch axis added for
     unbatched input. Shared by Conv and ConvTranspose."""
     if bias:
-        b = module.param("bias", (features,), with_dtype(bias_init, param_dtype))
+        b = module.param("bias", (features,), bias_init, param_dtype)
         b = jnp.asarray(b).astype(dtype)
         y = y + b.reshape((1,) * (y.ndim - 1) + (features,))
     y = y.astype(dtype)

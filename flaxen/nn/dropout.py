@@ -8,8 +8,8 @@ import numpy as np
 from jax import lax
 
 from flaxen.errors import LayerArgumentError
-from flaxen.nn._layer_util import where
 from flaxen.nn.stochastic import make_rng
+from flaxen.nn.utils import current_label
 
 
 def dropout(inputs: jax.Array, rate: float, deterministic: bool = False,
@@ -38,14 +38,14 @@ def dropout(inputs: jax.Array, rate: float, deterministic: bool = False,
         isinstance(rate, np.ndarray | jax.Array) and np.ndim(rate) == 0
         and not isinstance(rate, jax.core.Tracer))
     if concrete and not 0.0 <= float(rate) < 1.0:
-        raise LayerArgumentError(where(), "dropout rate", "a probability in [0, 1)", rate,
+        raise LayerArgumentError(current_label(), "dropout rate", "a probability in [0, 1)", rate,
                                  "rate=1 would drop everything; use deterministic=True to "
                                  "turn dropout off.")
     if deterministic or (concrete and float(rate) == 0.0):
         return inputs
     inputs = jnp.asarray(inputs)
     if not jnp.issubdtype(inputs.dtype, jnp.inexact):
-        raise LayerArgumentError(where(), "dropout input dtype", "a floating dtype",
+        raise LayerArgumentError(current_label(), "dropout input dtype", "a floating dtype",
                                  inputs.dtype, "Dropout scales the kept values by "
                                  "1/(1-rate); cast first, e.g. `x.astype(jnp.float32)`.")
     if rng is None:

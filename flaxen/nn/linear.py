@@ -17,16 +17,9 @@ from jax import lax
 
 from flaxen.errors import LayerArgumentError, ShapeError
 from flaxen.nn import initializers
-from flaxen.nn._layer_util import (
-    InitFn,
-    as_tuple,
-    check_features,
-    check_rank,
-    param_for_input,
-    where,
-    with_dtype,
-)
 from flaxen.nn.base import Module, module_method
+from flaxen.nn.initializers import InitFn, call_init
+from flaxen.nn.utils import as_tuple, check_features, check_rank, param_for_input
 
 default_kernel_init = initializers.lecun_normal()
 default_embed_init = initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
@@ -58,16 +51,15 @@ class Dense(Module):
           LayerArgumentError: ``features`` is not a positive int.
         """
         inputs = jnp.asarray(inputs)
-        (features,) = check_features(where(self), "features", features)
+        (features,) = check_features(self.label, "features", features)
         if inputs.ndim < 1:
-            raise ShapeError(where(self), "input rank", "rank >= 1", f"shape {inputs.shape}")
+            raise ShapeError(self.label, "input rank", "rank >= 1", f"shape {inputs.shape}")
         shape = (inputs.shape[-1], features)
-        kernel = param_for_input(self, "kernel", shape, with_dtype(kernel_init, param_dtype),
-                                 inputs.shape)
+        kernel = param_for_input(self, "kernel", shape, kernel_init, inputs.shape, param_dtype)
         y = lax.dot_general(inputs.astype(dtype), jnp.asarray(kernel).astype(dtype),
                             (((inputs.ndim - 1,), (0,)), ((), ())), precision=precision)
         if bias:
-            b = self.param("bias", (features,), with_dtype(bias_init, param_dtype))
+            b = self.param("bias", (features,), bias_init, param_dtype)
             b = jnp.asarray(b).astype(dtype)
             y = y + b.reshape((1,) * (y.ndim - 1) + (features,))
         return y.astype(dtype)
@@ -106,7 +98,7 @@ class DenseGeneral(Module):
             leading axes, or axes overlap.
         """
         inputs = jnp.asarray(inputs)
-        path = where(self)
+        path = self.label
         features_t = check_features(path, "features", features)
         ndim = inputs.ndim
         for a in as_tuple(axis) + as_tuple(batch_dims):
@@ -127,25 +119,26 @@ class DenseGeneral(Module):
         flat_in = int(np.prod(contract_shape))
         flat_out = int(np.prod(features_t))
 
-        def kernel_init_wrap(key: jax.Array, shape: Sequence[int]) -> jax.Array:
-            init = with_dtype(kernel_init, param_dtype)
-            keys = jax.random.split(key, n_batch)
-            return jax.vmap(lambda k: init(k, (flat_in, flat_out)))(keys).reshape(shape)
+        def per_batch(init: InitFn, flat_shape: tuple[int, ...]) -> InitFn:
+            """``init`` for one flat ``flat_shape`` slice per batch index, reshaped."""
+            def wrapped(key: jax.Array, shape: Sequence[int], dtype: Any) -> jax.Array:
+                keys = jax.random.split(key, n_batch)
+                slices = jax.vmap(lambda k: call_init(init, k, flat_shape, dtype))(keys)
+                return slices.reshape(shape)
+            return wrapped
 
-        def bias_init_wrap(key: jax.Array, shape: Sequence[int]) -> jax.Array:
-            init = with_dtype(bias_init, param_dtype)
-            keys = jax.random.split(key, n_batch)
-            return jax.vmap(lambda k: init(k, (flat_out,)))(keys).reshape(shape)
-
+        kernel_init_wrap = per_batch(kernel_init, (flat_in, flat_out))
+        bias_init_wrap = per_batch(bias_init, (flat_out,))
         kernel_shape = batch_shape + contract_shape + features_t
-        kernel = param_for_input(self, "kernel", kernel_shape, kernel_init_wrap, inputs.shape)
+        kernel = param_for_input(self, "kernel", kernel_shape, kernel_init_wrap, inputs.shape,
+                                 param_dtype)
         nb = len(batch_t)
         kernel_contract = tuple(range(nb, nb + len(axis_t)))
         dims = ((axis_t, kernel_contract), (batch_t, tuple(range(nb))))
         y = lax.dot_general(inputs.astype(dtype), jnp.asarray(kernel).astype(dtype), dims,
                             precision=precision)
         if bias:
-            b = self.param("bias", batch_shape + features_t, bias_init_wrap)
+            b = self.param("bias", batch_shape + features_t, bias_init_wrap, param_dtype)
             b = jnp.asarray(b).astype(dtype)
             n_rest = ndim - nb - len(axis_t)
             b = b.reshape(batch_shape + (1,) * n_rest + features_t)
@@ -183,13 +176,13 @@ class Embed(Module):
           LayerArgumentError: ``inputs`` is not of an integer dtype.
         """
         inputs = jnp.asarray(inputs)
-        check_features(where(self), "num_embeddings", num_embeddings)
-        check_features(where(self), "features", features)
+        check_features(self.label, "num_embeddings", num_embeddings)
+        check_features(self.label, "features", features)
         if not jnp.issubdtype(inputs.dtype, jnp.integer):
-            raise LayerArgumentError(where(self), "input dtype", "an integer dtype (token ids)",
+            raise LayerArgumentError(self.label, "input dtype", "an integer dtype (token ids)",
                                      inputs.dtype, "Cast the ids with `.astype(jnp.int32)`.")
-        embedding = self.param("embedding", (num_embeddings, features),
-                               with_dtype(embedding_init, param_dtype))
+        embedding = self.param("embedding", (num_embeddings, features), embedding_init,
+                               param_dtype)
         return jnp.take(jnp.asarray(embedding), inputs, axis=0).astype(dtype)
 
     @module_method
@@ -206,10 +199,10 @@ class Embed(Module):
           Logits of shape ``(..., num_embeddings)`` and dtype ``dtype``.
         """
         query = jnp.asarray(query)
-        check_rank(where(self), query, range(1, 33), "query rank")
+        check_rank(self.label, query, range(1, 33), "query rank")
         embedding = self.param("embedding", (num_embeddings, features), default_embed_init)
         if query.shape[-1] != features:
-            raise ShapeError(where(self), "last axis of the query", f"size {features} "
+            raise ShapeError(self.label, "last axis of the query", f"size {features} "
                              f"(embedding {(num_embeddings, features)})",
                              f"query shape {query.shape}")
         return lax.dot_general(query.astype(dtype), jnp.asarray(embedding).astype(dtype),

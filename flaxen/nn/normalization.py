@@ -25,15 +25,9 @@ from jax import lax
 
 from flaxen.errors import LayerArgumentError, ShapeError, StateEntryMissingError
 from flaxen.nn import initializers
-from flaxen.nn._layer_util import (
-    InitFn,
-    as_tuple,
-    check_number,
-    param_for_input,
-    where,
-    with_dtype,
-)
 from flaxen.nn.base import Module
+from flaxen.nn.initializers import InitFn
+from flaxen.nn.utils import as_tuple, check_number, param_for_input
 
 
 def _stats_dtype(x: jax.Array) -> Any:
@@ -46,12 +40,10 @@ def _scale_and_shift(module: Module, y: jax.Array, shape: tuple[int, ...],
                      param_dtype: Any) -> jax.Array:
     """Multiplies by the ``scale`` param and adds ``bias`` (both of ``shape``)."""
     if scale:
-        s = param_for_input(module, "scale", shape, with_dtype(scale_init, param_dtype),
-                            input_shape)
+        s = param_for_input(module, "scale", shape, scale_init, input_shape, param_dtype)
         y = y * jnp.asarray(s).astype(y.dtype).reshape(bcast)
     if bias:
-        b = param_for_input(module, "bias", shape, with_dtype(bias_init, param_dtype),
-                            input_shape)
+        b = param_for_input(module, "bias", shape, bias_init, input_shape, param_dtype)
         y = y + jnp.asarray(b).astype(y.dtype).reshape(bcast)
     return y
 
@@ -96,7 +88,7 @@ class BatchNorm(Module):
           MissingStateError: no state collection is active (see the module docstring).
         """
         x = jnp.asarray(x)
-        path = where(self)
+        path = self.label
         if x.ndim < 1:
             raise ShapeError(path, "input rank", "rank >= 1", f"shape {x.shape}")
         check_number(path, "momentum", momentum, 0.0, 1.0, "a number in [0, 1]")
@@ -145,13 +137,11 @@ class BatchNorm(Module):
         # one full-size tensor per BatchNorm instead of two (ResNet-50 peak memory).
         mul = lax.rsqrt(var + jnp.asarray(epsilon, xs.dtype))
         if scale:
-            s = param_for_input(self, "scale", feat_shape, with_dtype(scale_init, param_dtype),
-                                x.shape)
+            s = param_for_input(self, "scale", feat_shape, scale_init, x.shape, param_dtype)
             mul = mul * jnp.asarray(s).astype(xs.dtype)
         shift = -mean * mul
         if bias:
-            b = param_for_input(self, "bias", feat_shape, with_dtype(bias_init, param_dtype),
-                                x.shape)
+            b = param_for_input(self, "bias", feat_shape, bias_init, x.shape, param_dtype)
             shift = shift + jnp.asarray(b).astype(xs.dtype)
         y = xs * mul.reshape(bcast) + shift.reshape(bcast)
         return y.astype(dtype)
@@ -177,12 +167,12 @@ class LayerNorm(Module):
         """
         x = jnp.asarray(x)
         if x.ndim < 1:
-            raise ShapeError(where(self), "input rank", "rank >= 1", f"shape {x.shape}")
+            raise ShapeError(self.label, "input rank", "rank >= 1", f"shape {x.shape}")
         xs = x.astype(_stats_dtype(x))
         mean = jnp.mean(xs, axis=-1, keepdims=True)
         mean2 = jnp.mean(lax.square(xs), axis=-1, keepdims=True)
         var = jnp.maximum(mean2 - lax.square(mean), jnp.zeros((), mean.dtype))
-        check_number(where(self), "epsilon", epsilon, 0.0, float("inf"), "a number >= 0")
+        check_number(self.label, "epsilon", epsilon, 0.0, float("inf"), "a number >= 0")
         y = (xs - mean) * lax.rsqrt(var + jnp.asarray(epsilon, xs.dtype))
         feat = (x.shape[-1],)
         bcast = (1,) * (x.ndim - 1) + feat
@@ -208,10 +198,10 @@ class RMSNorm(Module):
         """
         x = jnp.asarray(x)
         if x.ndim < 1:
-            raise ShapeError(where(self), "input rank", "rank >= 1", f"shape {x.shape}")
+            raise ShapeError(self.label, "input rank", "rank >= 1", f"shape {x.shape}")
         xs = x.astype(_stats_dtype(x))
         ms = jnp.mean(lax.square(xs), axis=-1, keepdims=True)
-        check_number(where(self), "epsilon", epsilon, 0.0, float("inf"), "a number >= 0")
+        check_number(self.label, "epsilon", epsilon, 0.0, float("inf"), "a number >= 0")
         y = xs * lax.rsqrt(ms + jnp.asarray(epsilon, xs.dtype))
         feat = (x.shape[-1],)
         bcast = (1,) * (x.ndim - 1) + feat
@@ -245,7 +235,7 @@ class GroupNorm(Module):
             channels are not divisible.
         """
         x = jnp.asarray(x)
-        path = where(self)
+        path = self.label
         if x.ndim < 2:
             raise ShapeError(path, "input rank", "rank >= 2 (batch, ..., channels)",
                              f"rank {x.ndim} (shape {x.shape})")
@@ -265,7 +255,7 @@ class GroupNorm(Module):
         mean = jnp.mean(g, axis=red, keepdims=True)
         mean2 = jnp.mean(lax.square(g), axis=red, keepdims=True)
         var = jnp.maximum(mean2 - lax.square(mean), jnp.zeros((), mean.dtype))
-        check_number(where(self), "epsilon", epsilon, 0.0, float("inf"), "a number >= 0")
+        check_number(self.label, "epsilon", epsilon, 0.0, float("inf"), "a number >= 0")
         y = ((g - mean) * lax.rsqrt(var + jnp.asarray(epsilon, xs.dtype))).reshape(x.shape)
         bcast = (1,) * (x.ndim - 1) + (c,)
         y = _scale_and_shift(self, y, (c,), bcast, x.shape, scale, bias, scale_init,

@@ -15,7 +15,7 @@ import numpy as np
 from jax import lax
 
 from flaxen.errors import LayerArgumentError, ShapeError
-from flaxen.nn._layer_util import check_positive, where
+from flaxen.nn.utils import check_positive, current_label
 
 
 def pool(inputs: jax.Array, init: Any, reduce_fn: Callable[[Any, Any], Any],
@@ -39,7 +39,7 @@ def pool(inputs: jax.Array, init: Any, reduce_fn: Callable[[Any, Any], Any],
     Raises:
       ShapeError: wrong rank, or a window larger than the (padded) input with 'VALID'.
     """
-    path = where()
+    path = current_label()
     inputs = jnp.asarray(inputs)
     window_shape = tuple(window_shape)
     n = len(window_shape)

@@ -21,9 +21,9 @@ from jax import lax
 
 from flaxen.errors import LayerArgumentError, ShapeError
 from flaxen.nn import initializers
-from flaxen.nn._layer_util import InitFn, call_init, where
 from flaxen.nn.activation import sigmoid, tanh
 from flaxen.nn.base import Module
+from flaxen.nn.initializers import InitFn, call_init
 from flaxen.nn.linear import Dense, default_kernel_init
 
 Activation = Callable[[jax.Array], jax.Array]
@@ -31,7 +31,7 @@ Activation = Callable[[jax.Array], jax.Array]
 
 def _check_step(module: Module, h: jax.Array, x: jax.Array) -> None:
     if x.ndim < 1 or h.shape[:-1] != x.shape[:-1]:
-        raise ShapeError(where(module), "cell input shape", f"batch dims {h.shape[:-1]} of "
+        raise ShapeError(module.label, "cell input shape", f"batch dims {h.shape[:-1]} of "
                          f"the carry (shape {h.shape}) followed by features",
                          f"input shape {x.shape}")
 
@@ -159,7 +159,7 @@ class RNN(Module):
           ``(final_carry, outputs)``; outputs have the time axis at ``time_axis``.
         """
         inputs = jnp.asarray(inputs)
-        path = where(self)
+        path = self.label
         if inputs.ndim < 2 or not -inputs.ndim <= time_axis < inputs.ndim:
             raise ShapeError(path, "RNN input", f"rank >= 2 with a time axis {time_axis}",
                              f"shape {inputs.shape}")
