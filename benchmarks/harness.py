@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import jax
+
 RunFn = Callable[[int], None]
 
 
@@ -192,8 +194,6 @@ def load() -> tuple[float, float, float]:
 
 def machine() -> dict[str, Any]:
     """What the numbers came from: CPU, cores, Python, JAX, and the peers' versions."""
-    import jax
-
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as f:

@@ -29,6 +29,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from flaxen import errors
+from flaxen.traverse_util import path_to_str
 
 BATCH_AXIS = "batch"
 
@@ -37,6 +38,25 @@ BATCH_AXIS = "batch"
 def _mesh(device_ids: tuple[int, ...], axis_name: str) -> Mesh:
     by_id = {d.id: d for d in jax.devices()}
     return Mesh(np.array([by_id[i] for i in device_ids]), (axis_name,))
+
+
+def mesh_of(devices: Any, axis_name: str = BATCH_AXIS) -> Mesh | None:
+    """A one-axis ``Mesh`` named ``axis_name`` over ``devices`` (a list of jax devices, in
+    order); a ``Mesh`` or None is returned as it is. The one place flaxen builds a mesh
+    from a device list (``jax_utils`` uses it for the pre-release ``devices=`` arguments).
+
+    Raises:
+        FlaxenError: ``devices`` is neither a Mesh, None, nor a non-empty device list.
+    """
+    if devices is None or isinstance(devices, Mesh):
+        return devices
+    if isinstance(devices, list | tuple) and devices and all(
+            isinstance(d, jax.Device) for d in devices):
+        return Mesh(np.array(devices), (axis_name,))
+    raise errors.FlaxenError(
+        f"Expected a jax.sharding.Mesh or a non-empty list of devices, got "
+        f"{type(devices).__name__}. Example: `jax.sharding.Mesh(np.array(jax.devices()), "
+        "('batch',))`.")
 
 
 def default_mesh(axis_name: str = BATCH_AXIS) -> Mesh:
@@ -80,7 +100,7 @@ def _one_copy(path: Any, x: Any) -> Any:
     if x.is_fully_addressable:
         return jax.device_put(x, jax.local_devices()[0])
     raise errors.ReplicationError(
-        f'Cannot unreplicate the array at "{jax.tree_util.keystr(path)}": it is sharded '
+        f'Cannot unreplicate the array at "{path_to_str(path)}": it is sharded '
         f"({x.sharding}) across processes, so no process holds a full copy. Gather it "
         "first, e.g. with `jax.experimental.multihost_utils.process_allgather`.")
 
@@ -125,7 +145,7 @@ def shard_batch(batch: Any, mesh: Mesh | None = None, axis_name: str = BATCH_AXI
     local_n = n // jax.process_count() if multi else n
 
     def split(path: Any, x: Any) -> Any:
-        where = jax.tree_util.keystr(path) or "<root>"
+        where = path_to_str(path) or "<root>"
         if np.ndim(x) == 0:
             raise errors.ReplicationError(
                 f'The batch leaf at "{where}" is a scalar; every batch array needs a leading '
