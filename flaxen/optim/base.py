@@ -153,33 +153,6 @@ class OptimizerDef:
             if name in self._nonnegative_names:
                 checks.check_nonnegative(opt, name, value)
 
-    def _check_override(self, name: str, value: Any, names: list[str]) -> None:
-        opt = type(self).__name__
-        if name not in names:
-            raise errors.HyperParamError(opt, name, "does not exist",
-                                         f"Valid names: {', '.join(names)}.")
-        if not checks.is_numeric(value):
-            raise errors.HyperParamError(
-                opt, name, f"given per step must be a number or a numeric scalar array, got "
-                f"{type(value).__name__} {value!r}",
-                f"For example `apply_gradient(grads, {name}=0.9)`.")
-        default = getattr(self.hyper_params, name)
-        if name in self._static_names and not checks.same_static(value, default):
-            raise errors.HyperParamError(
-                opt, name, "changes the structure of the update and is fixed at "
-                "construction", f"Create a new `{opt}({name}=...)` instead.")
-        if callable(default):
-            raise errors.HyperParamError(
-                opt, name, "was created as a schedule (a callable), which optax evaluates on "
-                "its own step count; it cannot also be set per step",
-                f"Either pass numbers per step, `{opt}()` + `apply_gradient(grads, "
-                f"{name}=schedule(step))`, or keep the schedule in the constructor.")
-        if name in self._switch_names and default in (0, None):
-            raise errors.HyperParamError(
-                opt, name, f"was created as {default!r}, which leaves that part out of the "
-                "update, so it cannot be set per step",
-                f"Create the optimizer with a nonzero `{name}` to vary it per step.")
-
     def update_hyper_params(self, **overrides: Any) -> Any:
         """The default hyper-parameters with ``overrides`` applied (for one step).
 
@@ -194,7 +167,7 @@ class OptimizerDef:
         if overrides:
             names = [f.name for f in dataclasses.fields(hp)]
             for name, value in overrides.items():
-                self._check_override(name, value, names)
+                checks.check_override(self, name, value, names)
             hp = dataclasses.replace(hp, **overrides)
             self._check(hp, overrides.keys())
         if self._needs_learning_rate and getattr(hp, "learning_rate", 0.0) is None:

@@ -52,6 +52,37 @@ def as_static(opt_name: str, name: str, value: Any) -> Any:
     return value
 
 
+def check_override(opt_def: Any, name: str, value: Any, names: list[str]) -> None:
+    """Raises ``HyperParamError`` if ``name=value`` may not be given per step to ``opt_def``:
+    an unknown name, a non-numeric value, a structural or switched-off hyper-parameter, or
+    one created as a schedule."""
+    opt = type(opt_def).__name__
+    if name not in names:
+        raise errors.HyperParamError(opt, name, "does not exist",
+                                     f"Valid names: {', '.join(names)}.")
+    if not is_numeric(value):
+        raise errors.HyperParamError(
+            opt, name, f"given per step must be a number or a numeric scalar array, got "
+            f"{type(value).__name__} {value!r}",
+            f"For example `apply_gradient(grads, {name}=0.9)`.")
+    default = getattr(opt_def.hyper_params, name)
+    if name in opt_def._static_names and not same_static(value, default):
+        raise errors.HyperParamError(
+            opt, name, "changes the structure of the update and is fixed at "
+            "construction", f"Create a new `{opt}({name}=...)` instead.")
+    if callable(default):
+        raise errors.HyperParamError(
+            opt, name, "was created as a schedule (a callable), which optax evaluates on "
+            "its own step count; it cannot also be set per step",
+            f"Either pass numbers per step, `{opt}()` + `apply_gradient(grads, "
+            f"{name}=schedule(step))`, or keep the schedule in the constructor.")
+    if name in opt_def._switch_names and default in (0, None):
+        raise errors.HyperParamError(
+            opt, name, f"was created as {default!r}, which leaves that part out of the "
+            "update, so it cannot be set per step",
+            f"Create the optimizer with a nonzero `{name}` to vary it per step.")
+
+
 def check_nonnegative(opt_name: str, name: str, value: Any) -> None:
     """Raises ``HyperParamError`` for a concrete negative ``value``."""
     if value is None or not is_concrete(value):
