@@ -5,9 +5,11 @@ a ``Models`` record; the functions here wrap each in the train step its document
 recommends and return a ``run(n)`` closure for the harness:
 
 - plain JAX: params dict, hand-written momentum update, ``jax.jit`` (the floor);
-- flaxen: the ``Optimizer`` (holding the ``Model``) passed through ``jax.jit``, as in the
-  seed README; and flaxen with the plain params dict passed to ``jax.jit`` (same update as
-  plain JAX), which isolates what the ``Optimizer``/``Model`` pytrees cost;
+- plain JAX + optax: the same with ``optax.sgd(momentum=...)`` (what every optax user pays);
+- flaxen: the ``Optimizer`` (holding the ``Model``) passed through ``jax.jit``, stepped with
+  ``optimizer.optimize(loss_fn)`` as in the seed README, and with ``jax.grad`` +
+  ``optimizer.apply_gradient``; and flaxen with the plain params dict passed to ``jax.jit``
+  (same update as plain JAX), which isolates what the ``Optimizer``/``Model`` pytrees cost;
 - Flax Linen: ``TrainState`` + optax, ``jax.jit``; Flax NNX: ``nnx.Optimizer`` with
   ``nnx.jit``, and split/merge around ``jax.jit`` (the NNX performance guide's advice);
   Equinox: ``eqx.filter_jit`` + optax; Haiku: ``hk.transform`` + optax, ``jax.jit``.
@@ -72,7 +74,23 @@ def plain(m: Models, key: jax.Array, x: jax.Array, y: jax.Array) -> RunFn:
     return carry_loop(step, (params, mom), x, y)
 
 
-def flaxen_optimizer(m: Models, key: jax.Array, x: jax.Array, y: jax.Array) -> RunFn:
+def plain_optax(m: Models, key: jax.Array, x: jax.Array, y: jax.Array) -> RunFn:
+    """Plain JAX with optax's momentum SGD: the floor every optax user pays."""
+    optax = require("optax")
+    params = m.plain_init(key)
+    tx = _optax_sgd()
+
+    @jax.jit
+    def step(state, x, y):
+        params, opt_state = state
+        grads = jax.grad(lambda p: xent(m.plain_apply(p, x), y))(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return carry_loop(step, (params, tx.init(params)), x, y)
+
+
+def _flaxen_optimizer(m: Models, key: jax.Array, x: jax.Array) -> Any:
     try:
         from flaxen import optim
     except ImportError as e:
@@ -80,7 +98,24 @@ def flaxen_optimizer(m: Models, key: jax.Array, x: jax.Array, y: jax.Array) -> R
     module = m.flaxen()
     _, model = module.create(key, x)
     momentum = require_attr(optim, "Momentum", "flaxen.optim.Momentum")
-    optimizer = momentum(learning_rate=LEARNING_RATE, beta=BETA).create(model)
+    return momentum(learning_rate=LEARNING_RATE, beta=BETA).create(model)
+
+
+def flaxen_optimizer(m: Models, key: jax.Array, x: jax.Array, y: jax.Array) -> RunFn:
+    """The seed README's step: ``optimizer.optimize(loss_fn)`` inside ``jax.jit``."""
+    optimizer = _flaxen_optimizer(m, key, x)
+
+    @jax.jit
+    def step(optimizer, x, y):
+        optimizer, _ = optimizer.optimize(lambda model: xent(model(x), y))
+        return optimizer
+
+    return carry_loop(step, optimizer, x, y)
+
+
+def flaxen_apply_gradient(m: Models, key: jax.Array, x: jax.Array, y: jax.Array) -> RunFn:
+    """``jax.grad`` of the target, then ``optimizer.apply_gradient(grads)``."""
+    optimizer = _flaxen_optimizer(m, key, x)
 
     @jax.jit
     def step(optimizer, x, y):
@@ -207,7 +242,9 @@ def haiku(m: Models, key: jax.Array, x: jax.Array, y: jax.Array) -> RunFn:
 BASELINE = "plain JAX"
 ALL: dict[str, Callable[[Models, jax.Array, jax.Array, jax.Array], RunFn]] = {
     BASELINE: plain,
-    "flaxen (Optimizer)": flaxen_optimizer,
+    "plain JAX + optax": plain_optax,
+    "flaxen (Optimizer.optimize)": flaxen_optimizer,
+    "flaxen (apply_gradient)": flaxen_apply_gradient,
     "flaxen (params dict)": flaxen_params,
     "Flax Linen": linen,
     "Flax NNX (nnx.jit)": nnx_jit,

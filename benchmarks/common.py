@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -88,9 +90,6 @@ def load_example(name: str) -> Any:
 
     Raises ``Skip`` if the example has not landed yet.
     """
-    import os
-    import sys
-
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if not os.path.exists(os.path.join(root, "examples", name, "models.py")):
         raise Skip(f"examples/{name}/models.py not available yet")

@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import jax
+
 RunFn = Callable[[int], None]
 
 
@@ -192,8 +194,6 @@ def load() -> tuple[float, float, float]:
 
 def machine() -> dict[str, Any]:
     """What the numbers came from: CPU, cores, Python, JAX, and the peers' versions."""
-    import jax
-
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
@@ -222,6 +222,41 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
+BASELINE = "plain JAX"
+# Derived from the step time (items / time): the summary shows the step time only.
+_SUMMARY_SKIP = {"throughput"}
+
+
+def summary(rows: list[Row]) -> str:
+    """The one comparison table: a line per (benchmark, metric), plain JAX's value, and each
+    implementation's ratio to it (> 1: slower or bigger); the lowest non-baseline ratio of
+    a line is bold. Skipped implementations show as ``-``."""
+    impls: list[str] = []
+    lines: dict[tuple[str, str], dict[str, Row]] = {}
+    for r in rows:
+        if r.metric in _SUMMARY_SKIP or r.metric == "-":
+            continue
+        if r.impl not in impls:
+            impls.append(r.impl)
+        lines.setdefault((r.bench, r.metric), {})[r.impl] = r
+    others = [i for i in impls if i != BASELINE]
+    out = ["| benchmark | metric | plain JAX | " + " | ".join(others) + " |",
+           "|---|---|---:|" + "---:|" * len(others)]
+    for (bench, metric), by in lines.items():
+        base = by.get(BASELINE)
+        base_txt = (f"{_fmt(base.median)} {base.unit}"
+                    if base is not None and base.median is not None else "-")
+        ratios = {i: by[i].ratio for i in others if i in by and by[i].ratio is not None}
+        best = min(ratios.values()) if ratios else None
+        cells = []
+        for i in others:
+            ratio = ratios.get(i)
+            cell = "-" if ratio is None else f"{ratio:.2f}"
+            cells.append(f"**{cell}**" if ratio is not None and ratio == best else cell)
+        out.append(f"| {bench} | {metric} | {base_txt} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
     """The results as Markdown: a header with machine, load and command, then one table."""
     m = meta["machine"]
@@ -235,8 +270,12 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
         + ", after: " + " / ".join(f"{x:.2f}" for x in meta["load_after"]),
         "",
         "Ratio = this / plain JAX, paired round by round, median over rounds (> 1: slower "
-        "or bigger; for throughput it is plain / this). Best = the best round; best ratio = "
-        "best / plain JAX's best. Spread = interquartile range / median. n = rounds.",
+        "or bigger; for throughput it is plain / this); bold: the lowest of the line. On a "
+        "shared machine read the CPU-time lines (they do not count waiting for a core).",
+        "",
+        summary(rows),
+        "Details: best = the best round; best ratio = best / plain JAX's best. Spread = "
+        "interquartile range / median. n = rounds.",
         "",
         "| benchmark | implementation | metric | median | best | unit | spread | ratio vs "
         "plain JAX | best ratio | n | note |",

@@ -118,8 +118,8 @@ def run(quick: bool, peers: bool = True) -> list[Row]:
     x, y = batch(jax.random.PRNGKey(1), (BATCH, IN_FEATURES), FEATURES[-1])
     runs, skipped = classifier.setup_all(MODELS, key, x, y, peers)
     cpu: dict[str, list[float]] = {}
-    times = interleaved(runs, repeats=7 if quick else 21, target_s=0.1 if quick else 0.3,
-                        baseline=classifier.BASELINE, cpu=cpu)
+    times = interleaved(runs, repeats=3 if quick else 21, target_s=0.02 if quick else 0.3,
+                        warmup=1, baseline=classifier.BASELINE, cpu=cpu)
     notes = {"flaxen (params dict)": "flaxen module, params dict through jit, same update "
              "as plain JAX (isolates the Optimizer/Model pytree cost)",
              "Flax NNX (split/merge)": "nnx.split/merge around jax.jit (NNX perf. guide)"}

@@ -1,4 +1,4 @@
-"""Benchmark 2: throughput of the seed README's MNIST CNN train step, batch 128.
+"""Benchmark 2: throughput of the seed README's MNIST CNN train step, batch 128 (16 quick).
 
 Conv(32, 3x3) relu avg_pool(2) Conv(64, 3x3) relu avg_pool(2) Dense(256) relu Dense(10)
 log_softmax, on 28x28x1 float32 images (NHWC, SAME padding), momentum SGD. Here the
@@ -18,6 +18,7 @@ from benchmarks.common import add_bias, batch, require_attr
 from benchmarks.harness import Row, interleaved, rows_from_times
 
 BATCH = 128
+QUICK_BATCH = 16  # --quick (CI): the same code paths at a small size
 SHAPE = (28, 28, 1)
 CONVS = (32, 64)
 HIDDEN = 256
@@ -167,13 +168,14 @@ MODELS = classifier.Models(plain_init, plain_apply, flaxen_model, linen_model, n
 def run(quick: bool, peers: bool = True) -> list[Row]:
     """Images per second of each library's train step, interleaved."""
     key = jax.random.PRNGKey(0)
-    x, y = batch(jax.random.PRNGKey(1), (BATCH, *SHAPE), CLASSES)
+    size = QUICK_BATCH if quick else BATCH
+    x, y = batch(jax.random.PRNGKey(1), (size, *SHAPE), CLASSES)
     runs, skipped = classifier.setup_all(MODELS, key, x, y, peers)
     cpu: dict[str, list[float]] = {}
-    times = interleaved(runs, repeats=5 if quick else 15, target_s=0.3 if quick else 1.0,
+    times = interleaved(runs, repeats=3 if quick else 15, target_s=0.05 if quick else 1.0,
                         warmup=1, baseline=classifier.BASELINE, cpu=cpu)
     rows = rows_from_times("MNIST CNN step", times, classifier.BASELINE, unit="ms",
-                           throughput_items=BATCH, throughput_unit="images/s")
+                           throughput_items=size, throughput_unit="images/s")
     rows += rows_from_times("MNIST CNN step", cpu, classifier.BASELINE, "CPU time/step", "ms")
     rows += [Row("MNIST CNN step", name, "throughput", "images/s", None, note=note)
              for name, note in skipped.items()]

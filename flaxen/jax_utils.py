@@ -30,23 +30,11 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from flaxen import parallel
 from flaxen.errors import FlaxenError, ReplicationError, ScanAxisError
 from flaxen.traverse_util import path_to_str
 
 _DEVICE_AXIS = "devices"
-
-
-def _as_mesh(mesh: Any, axis_name: str = "batch") -> Mesh | None:
-    """A Mesh, None, or a sequence of devices (the pre-release ``devices=``) -> Mesh/None."""
-    if mesh is None or isinstance(mesh, Mesh):
-        return mesh
-    if isinstance(mesh, list | tuple) and mesh and all(isinstance(d, jax.Device)
-                                                       for d in mesh):
-        return Mesh(np.array(mesh), (axis_name,))
-    raise FlaxenError(
-        f"Expected a jax.sharding.Mesh or a non-empty list of devices, got "
-        f"{type(mesh).__name__}. Example: `jax.sharding.Mesh(np.array(jax.devices()), "
-        "('batch',))`.")
 
 
 def is_stacked(x: Any) -> bool:
@@ -93,7 +81,7 @@ def replicate(tree: Any, devices: Sequence[jax.Device] | None = None) -> Any:
             f"jax_utils.replicate: expected `devices` to be a non-empty list of jax devices "
             f"(default jax.local_devices()), got {devices!r}. For jit over a Mesh use "
             "`flaxen.parallel.replicate(tree, mesh)` instead.")
-    sharding = NamedSharding(Mesh(np.array(devices), (_DEVICE_AXIS,)), P(_DEVICE_AXIS))
+    sharding = NamedSharding(parallel.mesh_of(devices, _DEVICE_AXIS), P(_DEVICE_AXIS))
 
     def one(path: Any, x: Any) -> jax.Array:
         if is_stacked(x):
@@ -238,11 +226,9 @@ def prefetch_to_device(iterator: Iterable[Any], size: int,
     Yields:
       The batches, in order, as sharded ``jax.Array`` pytrees.
     """
-    from flaxen import parallel
-
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise FlaxenError(f"prefetch_to_device: size must be an int >= 0, got {size!r}.")
-    mesh = _as_mesh(mesh if devices is None else list(devices), axis_name)
+    mesh = parallel.mesh_of(mesh if devices is None else list(devices), axis_name)
     queue: collections.deque[Any] = collections.deque()
     source = iter(iterator)
 
@@ -316,6 +302,7 @@ def scan_in_dim(body_fn: Callable[[Any, Any], tuple[Any, Any]], init: Any, xs: A
     Raises:
       ScanAxisError: an axis that ``xs`` does not have, or mismatched sizes along it.
     """
+    # Imported here, not at the top: flaxen.nn.attention imports this module.
     from flaxen.nn import _context
 
     # The module, not flaxen.nn.stochastic (which flaxen.nn rebinds to the function).

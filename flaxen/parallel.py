@@ -40,6 +40,25 @@ def _mesh(device_ids: tuple[int, ...], axis_name: str) -> Mesh:
     return Mesh(np.array([by_id[i] for i in device_ids]), (axis_name,))
 
 
+def mesh_of(devices: Any, axis_name: str = BATCH_AXIS) -> Mesh | None:
+    """A one-axis ``Mesh`` named ``axis_name`` over ``devices`` (a list of jax devices, in
+    order); a ``Mesh`` or None is returned as it is. The one place flaxen builds a mesh
+    from a device list (``jax_utils`` uses it for the pre-release ``devices=`` arguments).
+
+    Raises:
+        FlaxenError: ``devices`` is neither a Mesh, None, nor a non-empty device list.
+    """
+    if devices is None or isinstance(devices, Mesh):
+        return devices
+    if isinstance(devices, list | tuple) and devices and all(
+            isinstance(d, jax.Device) for d in devices):
+        return Mesh(np.array(devices), (axis_name,))
+    raise errors.FlaxenError(
+        f"Expected a jax.sharding.Mesh or a non-empty list of devices, got "
+        f"{type(devices).__name__}. Example: `jax.sharding.Mesh(np.array(jax.devices()), "
+        "('batch',))`.")
+
+
 def default_mesh(axis_name: str = BATCH_AXIS) -> Mesh:
     """A one-axis mesh named ``axis_name`` over all devices (all processes' devices).
 

@@ -310,10 +310,66 @@ class TraverseTree(Traversal):
         yield from jax.tree.leaves(inputs)
 
 
-def __getattr__(name: str) -> Any:
-    # ``traverse_util.ModelParamTraversal`` (its later Flax home) is the optimizer's class.
-    if name == "ModelParamTraversal":
-        from flaxen.optim.multi import ModelParamTraversal
+def _entry_name(entry: Any) -> str:
+    for attr in ("key", "name", "idx"):  # DictKey, GetAttrKey, SequenceKey
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
 
-        return ModelParamTraversal
-    raise AttributeError(f"module 'flaxen.traverse_util' has no attribute {name!r}")
+
+def param_paths(tree: Any) -> list[tuple[str, Any]]:
+    """``[(path, leaf)]`` in the pre-release ``ModelParamTraversal`` spelling.
+
+    The pre-release filter received ``'/Dense_0/kernel'`` (keys joined by ``/`` with a
+    leading slash, relative to an ``nn.Model``'s params), and filters written for it test
+    that string, so it is kept here; everything flaxen *prints* uses ``path_to_str``.
+    """
+    is_model = hasattr(tree, "params") and hasattr(tree, "module")
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    out = []
+    for keys, leaf in flat:
+        names = [_entry_name(k) for k in keys]
+        if is_model and names[:1] == ["params"]:
+            names = names[1:]
+        out.append(("/" + "/".join(names), leaf))
+    return out
+
+
+def set_leaves(tree: Any, new: dict[str, Any]) -> Any:
+    """``tree`` with the leaves at the given ``param_paths`` replaced (others untouched)."""
+    treedef = jax.tree.structure(tree)
+    leaves = [new.get(p, v) for p, v in param_paths(tree)]
+    return jax.tree.unflatten(treedef, leaves)
+
+
+class ModelParamTraversal(Traversal):
+    """Selects the leaves of an ``nn.Model`` (or any pytree) whose path passes ``filter_fn``.
+
+    Args:
+        filter_fn: ``filter_fn(path: str, value) -> bool``; ``path`` is the pre-release
+            spelling (see ``param_paths``): ``'/Dense_0/kernel'`` for Model params,
+            ``'/encoder/w'`` for a dict.
+
+    ``select(tree)`` gives ``{path: leaf}`` of the selected leaves (sorted by path);
+    ``iterate`` and ``update`` are the ``Traversal`` protocol over the same leaves.
+    """
+
+    def __init__(self, filter_fn: Callable[[str, Any], bool]):
+        self.filter_fn = filter_fn
+
+    def __hash__(self) -> int:  # a static part of an optimizer definition: jit's cache key
+        return hash((ModelParamTraversal, self.filter_fn))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ModelParamTraversal) and self.filter_fn == other.filter_fn
+
+    def select(self, tree: Any) -> dict[str, Any]:
+        """``{path: leaf}`` of the selected leaves, sorted by path."""
+        return {p: v for p, v in sorted(param_paths(tree), key=lambda pv: pv[0])
+                if self.filter_fn(p, v)}
+
+    def iterate(self, inputs: Any) -> Iterator[Any]:
+        yield from self.select(inputs).values()
+
+    def update(self, fn: Callable[[Any], Any], inputs: Any) -> Any:
+        return set_leaves(inputs, {p: fn(v) for p, v in self.select(inputs).items()})

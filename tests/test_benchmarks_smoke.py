@@ -50,7 +50,9 @@ def test_rows_and_report_files(tmp_path):
     assert len(data["rows"]) == len(rows) and data["meta"]["command"] == "c"
     with open(md_path) as f:
         table = f.read()
-    assert table.count("\n| b | ") == len(rows)
+    # One detail line per row, and one summary line per metric with x's ratio in bold.
+    assert table.count("\n| b | plain JAX | ") + table.count("\n| b | x | ") == len(rows)
+    assert "\n| b | step time | 1.5 ms | **2.00** |" in table
 
 
 def test_quick_mlp_run_writes_results(tmp_path):

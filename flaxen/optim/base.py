@@ -1,11 +1,12 @@
-"""The optimizer core: ``OptimizerDef`` (algorithm + default hyper-parameters), ``Optimizer``.
+"""The optimizer core: ``OptimizerDef`` (the protocol every optimizer follows), the
+``Optimizer`` pytree, and the two combinators the core itself builds (``MultiOptimizer``
+for ``create(focus=...)``, ``ReplicatedOptimizer`` for ``replicate(devices=...)``).
 
 An ``OptimizerDef`` such as ``optim.Momentum(learning_rate=0.1, beta=0.9)`` is a thin,
 documented mapping of its hyper-parameters onto an optax ``GradientTransformation``; the
-update rules themselves are optax's. ``opt_def.create(target)`` returns an ``Optimizer``:
-a pytree with the ``target`` (usually an ``nn.Model``) and its ``state`` (the step count
-and the optax state) as children and the definition as static metadata, so it passes
-through ``jax.jit`` at the cost of its arrays.
+update rules themselves are optax's. ``opt_def.create(target)`` returns an ``Optimizer``
+holding the ``target`` (usually an ``nn.Model``) and its ``state`` (the step count and the
+optax state); it passes through ``jax.jit`` at the cost of its arrays (see ``Optimizer``).
 
 Hyper-parameters given per step (``optimizer.apply_gradient(grads, learning_rate=lr)``)
 enter the optax transformation as values (traced under ``jit``), so a schedule does not
@@ -24,100 +25,62 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from flaxen import errors, struct
+from flaxen import errors, jax_utils, parallel, serialization, struct
 from flaxen.nn.base import Model
+from flaxen.optim import checks
+from flaxen.optim.pytree import register_flat_node
+from flaxen.traverse_util import ModelParamTraversal, param_paths, path_to_str, set_leaves
 
 
 @struct.dataclass
 class OptimizerState:
     """The step count (an int32 scalar, 0 before the first update) and the optax state.
 
-    ``param_states`` keeps the pre-release name; it holds whatever the optax transformation's
-    ``init`` returned for the target (for an ``nn.Model`` target: for its params dict; for
-    ``MultiOptimizer``, a tuple of sub-``OptimizerState``s).
+    ``param_states`` keeps the pre-release name; it holds what the definition's
+    ``init_state`` made for the target's params (the optax state; for ``MultiOptimizer``,
+    a tuple of sub-``OptimizerState``s).
     """
 
     step: jax.Array
     param_states: Any
 
 
-# jit rebuilds the returned Optimizer and OptimizerState on every call (pytree unflatten
-# calls __init__). A frozen dataclass __init__ goes through object.__setattr__ per field;
-# writing __dict__ directly builds the same object in about half the time.
-def _state_init(self: Any, step: Any, param_states: Any) -> None:
-    d = self.__dict__
-    d["step"] = step
-    d["param_states"] = param_states
-
-
-OptimizerState.__init__ = _state_init  # type: ignore[method-assign]
-
-
-def _is_concrete(value: Any) -> bool:
-    return not isinstance(value, jax.core.Tracer)
-
-
-def _is_numeric(value: Any) -> bool:
-    """A Python/NumPy number or a numeric array (traced or not): a per-step value."""
-    if isinstance(value, bool | int | float | complex | np.number):
-        return True
-    if isinstance(value, np.ndarray | jax.Array):
-        return np.dtype(value.dtype).kind in "biufc"
-    return False
-
-
-def _check_inexact(optimizer: str, params: Any) -> None:
-    """Optimizers update floating (or complex) params only: an integer param would be
-    rounded (to 0 for small steps) silently."""
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        dtype = getattr(leaf, "dtype", None)
-        if dtype is None:
-            dtype = np.asarray(leaf).dtype
-        if not jnp.issubdtype(dtype, jnp.inexact):
-            raise errors.ParamDtypeError(optimizer, jax.tree_util.keystr(path) or "<root>",
-                                         dtype)
-
-
-def _same_static(value: Any, default: Any) -> bool:
-    if not isinstance(value, bool | int | float | str | type(None)):
-        return False
-    return value == default and type(value) is type(default)
-
-
-def _as_static(opt_name: str, name: str, value: Any) -> Any:
-    """Constructor hyper-parameters must be hashable Python values (jit's cache key)."""
-    if isinstance(value, bool | int | float | str | type(None)):
-        return value
-    if isinstance(value, np.ndarray | np.generic | jax.Array):
-        if not _is_concrete(value):
-            raise errors.HyperParamError(
-                opt_name, name, "was given a traced value to the constructor",
-                f"Create the optimizer outside jit and pass per-step values to "
-                f"`apply_gradient(grads, {name}=value)` instead.")
-        if np.size(value) != 1:
-            raise errors.HyperParamError(opt_name, name, f"must be a scalar, got shape "
-                                         f"{np.shape(value)}")
-        return np.asarray(value).item()
-    return value
+def _zero_step() -> jax.Array:
+    return jnp.zeros((), jnp.int32)
 
 
 class OptimizerDef:
     """An optimization algorithm with its default hyper-parameters.
 
-    Subclasses store a frozen ``struct.dataclass`` of hyper-parameters and implement
-    ``transform(hyper_params)``, which builds the optax transformation. Hyper-parameter
-    values may be traced; structure (which optax pieces are chained) must depend only on
-    ``self.hyper_params`` so that the state layout never changes between steps.
+    The protocol every optimizer follows, simple or combinator:
+
+    * ``__init__`` ends in ``OptimizerDef.__init__(self, hyper_params, parts)``:
+      ``hyper_params`` is the defaults (a frozen dataclass, or for ``MultiOptimizer`` a
+      tuple of its sub-optimizers' ones); ``parts`` is a tuple of the other hashable things
+      that define the algorithm (sub-optimizers, traversals, axis names). Hash and equality
+      are ``(type, hyper_params, parts)``, computed once: ``jit`` compares the definition on
+      every call.
+    * ``update_hyper_params(**overrides)`` returns the hyper-parameters for one step, of
+      the same type as ``self.hyper_params`` (a combinator routes overrides to its parts).
+    * ``init_state(params) -> OptimizerState`` and
+      ``apply_gradient(hyper_params, params, state, grads) -> (new_params, new_state)``,
+      where ``params`` is the target's params tree (a Model's params dict), ``state`` an
+      ``OptimizerState`` whose ``step`` counts this definition's updates.
+
+    A simple optimizer only implements ``transform(hyper_params)`` (the optax
+    transformation; values may be traced, its structure must depend only on
+    ``self.hyper_params``), or the pre-release per-leaf pair ``init_param_state`` /
+    ``apply_param_gradient``; the base class does the rest.
 
     Attributes:
-        hyper_params: the defaults, a frozen dataclass (``.learning_rate`` etc.).
+        hyper_params: the defaults (``.learning_rate`` etc.).
     """
 
     #: Hyper-parameters that may not be given per step (they change the update's structure).
@@ -130,25 +93,25 @@ class OptimizerDef:
     #: Whether a learning rate must be set (at construction or per step).
     _needs_learning_rate: bool = True
 
-    def __init__(self, hyper_params: Any):
+    def __init__(self, hyper_params: Any, parts: tuple[Any, ...] = ()):
         name = type(self).__name__
         if dataclasses.is_dataclass(hyper_params):
-            fixed = {f.name: _as_static(name, f.name, getattr(hyper_params, f.name))
+            fixed = {f.name: checks.as_static(name, f.name, getattr(hyper_params, f.name))
                      for f in dataclasses.fields(hyper_params)}
             hyper_params = dataclasses.replace(cast(Any, hyper_params), **fixed)
             self._check(hyper_params, fixed.keys())
         self.hyper_params = hyper_params
-        self._hash = hash((type(self), hyper_params))
+        self._key = (type(self), hyper_params, parts)
+        self._hash = hash(self._key)
 
-    # jit hashes and compares the static definition on every call: keep both cheap.
     def __hash__(self) -> int:
         return self._hash
 
     def __eq__(self, other: object) -> bool:
         if self is other:
             return True
-        return (type(self) is type(other) and self._hash == other._hash  # type: ignore[attr-defined]
-                and self.hyper_params == other.hyper_params)  # type: ignore[attr-defined]
+        return (isinstance(other, OptimizerDef) and self._hash == other._hash
+                and self._key == other._key)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.hyper_params})"
@@ -187,54 +150,28 @@ class OptimizerDef:
                 raise errors.HyperParamError(
                     opt, name, f"must be a number, got the string {value!r}",
                     f"For example `{name}=0.9`.")
-            if name in self._nonnegative_names and value is not None and _is_concrete(value):
-                arr = np.asarray(value)
-                if arr.dtype.kind in "biuf" and np.any(arr < 0):
-                    raise errors.HyperParamError(
-                        opt, name, f"must be >= 0, got {value}",
-                        "Optimizers minimise the loss; to maximise, negate the loss.")
+            if name in self._nonnegative_names:
+                checks.check_nonnegative(opt, name, value)
 
     def update_hyper_params(self, **overrides: Any) -> Any:
         """The default hyper-parameters with ``overrides`` applied (for one step).
 
         ``hyper_params=`` replaces all of them; other keyword arguments replace fields.
+        Returns an object of the type of ``self.hyper_params``.
 
         Raises:
             HyperParamError: an unknown name, a negative learning rate, an override of a
                 hyper-parameter fixed at construction, or no learning rate at all.
         """
-        opt = type(self).__name__
         hp = overrides.pop("hyper_params", self.hyper_params)
         if overrides:
             names = [f.name for f in dataclasses.fields(hp)]
             for name, value in overrides.items():
-                if name not in names:
-                    raise errors.HyperParamError(
-                        opt, name, "does not exist", f"Valid names: {', '.join(names)}.")
-                if not _is_numeric(value):
-                    raise errors.HyperParamError(
-                        opt, name, f"given per step must be a number or a numeric scalar "
-                        f"array, got {type(value).__name__} {value!r}",
-                        f"For example `apply_gradient(grads, {name}=0.9)`.")
-                default = getattr(self.hyper_params, name)
-                if name in self._static_names and not _same_static(value, default):
-                    raise errors.HyperParamError(
-                        opt, name, "changes the structure of the update and is fixed at "
-                        "construction", f"Create a new `{opt}({name}=...)` instead.")
-                if callable(default):
-                    raise errors.HyperParamError(
-                        opt, name, "was created as a schedule (a callable), which optax "
-                        "evaluates on its own step count; it cannot also be set per step",
-                        f"Either pass numbers per step, `{opt}()` + `apply_gradient(grads, "
-                        f"{name}=schedule(step))`, or keep the schedule in the constructor.")
-                if name in self._switch_names and default in (0, None):
-                    raise errors.HyperParamError(
-                        opt, name, f"was created as {default!r}, which leaves that part out "
-                        "of the update, so it cannot be set per step",
-                        f"Create the optimizer with a nonzero `{name}` to vary it per step.")
+                checks.check_override(self, name, value, names)
             hp = dataclasses.replace(hp, **overrides)
             self._check(hp, overrides.keys())
         if self._needs_learning_rate and getattr(hp, "learning_rate", 0.0) is None:
+            opt = type(self).__name__
             raise errors.HyperParamError(
                 opt, "learning_rate", "was not provided",
                 f"Pass it to the constructor, `{opt}(learning_rate=0.1)`, or per step, "
@@ -256,14 +193,12 @@ class OptimizerDef:
             ParamDtypeError: a parameter is not floating (integer params would be
                 rounded by every update).
         """
-        _check_inexact(type(self).__name__, params)
+        checks.check_inexact(type(self).__name__, params)
         if self._per_leaf():
-            return OptimizerState(step=jnp.zeros((), jnp.int32),
-                                  param_states=jax.tree.map(self.init_param_state, params))
+            return OptimizerState(_zero_step(), jax.tree.map(self.init_param_state, params))
         tx = self.transform(self._init_hyper_params())
         with jax.numpy_dtype_promotion("standard"):
-            inner = tx.init(params)
-        return OptimizerState(step=jnp.zeros((), jnp.int32), param_states=inner)
+            return OptimizerState(_zero_step(), tx.init(params))
 
     def apply_gradient(self, hyper_params: Any, params: Any, state: OptimizerState,
                        grads: Any) -> tuple[Any, OptimizerState]:
@@ -275,7 +210,7 @@ class OptimizerDef:
                    for p, st, g in zip(leaves, states, treedef.flatten_up_to(grads))]  # type: ignore[attr-defined]
             new_params = jax.tree.unflatten(treedef, [p for p, _ in out])
             new_states = jax.tree.unflatten(treedef, [st for _, st in out])
-            return new_params, OptimizerState(step=state.step + 1, param_states=new_states)
+            return new_params, OptimizerState(state.step + 1, new_states)
         tx = self.transform(hyper_params)
         # optax relies on standard promotion (e.g. ``b1 ** count`` with an int32 count);
         # a user's strict mode must not break it. ``apply_updates`` casts back to each
@@ -283,7 +218,7 @@ class OptimizerDef:
         with jax.numpy_dtype_promotion("standard"):
             updates, new_inner = tx.update(grads, state.param_states, params)
             new_params = optax.apply_updates(params, updates)
-        return new_params, OptimizerState(step=state.step + 1, param_states=new_inner)
+        return new_params, OptimizerState(state.step + 1, new_inner)
 
     def create(self, target: Any, focus: Any = None) -> Optimizer:
         """An ``Optimizer`` for ``target`` (an ``nn.Model``, a dict of arrays, any pytree).
@@ -293,52 +228,15 @@ class OptimizerDef:
             focus: optional traversal (e.g. ``ModelParamTraversal``); only the parameters it
                 selects are updated, the others stay bit-for-bit unchanged.
         """
-        opt_def: OptimizerDef = self
-        if focus is not None:
-            from flaxen.optim.multi import MultiOptimizer
-
-            opt_def = MultiOptimizer((focus, self))
-        state = opt_def.init_state(_params_of(target))
-        return Optimizer(optimizer_def=opt_def, state=state, target=target)
-
-
-def _keystr(path: tuple) -> str:
-    return jax.tree_util.keystr(path) or "<root>"
-
-
-def _same_structure(a: Any, b: Any) -> bool:
-    return bool(jax.tree.structure(a) == jax.tree.structure(b))  # type: ignore[operator]
-
-
-def check_gradient_structure(target: Any, grads: Any) -> None:
-    """Raises ``GradientStructureError`` naming the first path where grads differ."""
-    if _same_structure(target, grads):
-        t_leaves = jax.tree.leaves(target)
-        g_leaves = jax.tree.leaves(grads)
-        if all(np.shape(t) == np.shape(g) for t, g in zip(t_leaves, g_leaves)):
-            return
-    t_flat, _ = jax.tree_util.tree_flatten_with_path(target)
-    g_flat, _ = jax.tree_util.tree_flatten_with_path(grads)
-    t_paths = {_keystr(p): np.shape(v) for p, v in t_flat}
-    g_paths = {_keystr(p): np.shape(v) for p, v in g_flat}
-    for path, shape in t_paths.items():
-        if path not in g_paths:
-            raise errors.GradientStructureError(path, "a gradient leaf", "none")
-        if g_paths[path] != shape:
-            raise errors.GradientStructureError(path, f"shape {shape}", f"shape {g_paths[path]}")
-    for path in g_paths:
-        if path not in t_paths:
-            raise errors.GradientStructureError(path, "no leaf (not in the target)", "a leaf")
-    raise errors.GradientStructureError(
-        "<root>", f"tree structure {jax.tree.structure(target)}",
-        f"{jax.tree.structure(grads)}")
+        opt_def = self if focus is None else MultiOptimizer((focus, self))
+        return Optimizer(opt_def, opt_def.init_state(_params_of(target)), target)
 
 
 def _params_of(target: Any) -> Any:
     """What the optax transformation sees: a Model's params dict, else the target itself.
 
     Keeping Models out of the optax state makes it a plain tree of dicts (what optax masks
-    and checkpoints expect) and keeps jit's per-call unflatten work to one Model.
+    and checkpoints expect).
     """
     return target.params if isinstance(target, Model) else target
 
@@ -350,9 +248,15 @@ def _grad_params(target: Any, grads: Any) -> Any:
     return grads
 
 
-@struct.dataclass
+@register_flat_node
+@dataclasses.dataclass(frozen=True, init=False)
 class Optimizer:
     """A target (params) with its optimizer state; a pytree, so it passes through ``jit``.
+
+    The pytree is flat: its children are the leaves of ``(state, target)`` and its static
+    data the definition with the structure of both, so ``jit`` does one Python call to
+    flatten or rebuild it, and ``state``/``target`` are rebuilt only when read (see
+    ``flaxen/optim/pytree.py``).
 
     Attributes:
         optimizer_def: the algorithm and default hyper-parameters (static).
@@ -365,10 +269,14 @@ class Optimizer:
     target: Any
 
     def __init__(self, optimizer_def: OptimizerDef, state: OptimizerState, target: Any):
-        d = self.__dict__  # fast path, see _state_init
+        d = self.__dict__  # frozen: write the fields directly
         d["optimizer_def"] = optimizer_def
         d["state"] = state
         d["target"] = target
+
+    def replace(self, **updates: Any) -> Optimizer:
+        """A copy with the given fields replaced (``struct.dataclass`` style)."""
+        return dataclasses.replace(self, **updates)
 
     def apply_gradient(self, grads: Any, **hyper_param_overrides: Any) -> Optimizer:
         """A new optimizer after one update with ``grads`` (same structure as ``target``).
@@ -382,16 +290,16 @@ class Optimizer:
             GradientStructureError: ``grads`` differs from ``target`` (names the path).
             HyperParamError: bad hyper-parameter name or value.
         """
-        params = _params_of(self.target)
-        grads = _grad_params(self.target, grads)
-        check_gradient_structure(params, grads)
+        target = self.target
+        params = _params_of(target)
+        grads = _grad_params(target, grads)
+        checks.check_gradient_structure(params, grads)
         opt_def = self.optimizer_def
         hp = opt_def.update_hyper_params(**hyper_param_overrides)
         new_params, new_state = opt_def.apply_gradient(hp, params, self.state, grads)
-        target = new_params
-        if params is not self.target:
-            target = dataclasses.replace(self.target, params=new_params)
-        return Optimizer(self.optimizer_def, new_state, target)
+        if params is not target:
+            new_params = dataclasses.replace(target, params=new_params)
+        return Optimizer(opt_def, new_state, new_params)
 
     def compute_gradient(self, loss_fn: Any) -> tuple[Any, ...]:
         """Loss and gradient of ``loss_fn(target)``, as the pre-release returned them.
@@ -415,10 +323,10 @@ class Optimizer:
                     "into aux, e.g. `return loss, (a, b)`.")
             else:
                 bare, loss, aux = True, out, None
-            if np.shape(loss) != ():
+            if jnp.shape(loss) != ():
                 raise errors.FlaxenError(
                     f"loss_fn must return a scalar loss (or `(loss, aux)`), got a loss of "
-                    f"shape {np.shape(loss)}. Reduce it, e.g. with `jnp.mean(...)`.")
+                    f"shape {jnp.shape(loss)}. Reduce it, e.g. with `jnp.mean(...)`.")
             return loss, aux
 
         (loss, aux), grad = jax.value_and_grad(wrapped, has_aux=True)(self.target)
@@ -443,14 +351,10 @@ class Optimizer:
 
     def state_dict(self) -> dict[str, Any]:
         """``{'target': ..., 'state': {'step': ..., 'param_states': ...}}`` (nested dicts)."""
-        from flaxen import serialization
-
         return serialization.to_state_dict(self)
 
     def restore_state(self, state: dict[str, Any]) -> Optimizer:
         """A copy of this optimizer (used as the template) holding the values of ``state``."""
-        from flaxen import serialization
-
         return serialization.from_state_dict(self, state)
 
     def replicate(self, mesh: Any = None, *, devices: Any = None,
@@ -472,9 +376,6 @@ class Optimizer:
         Raises:
             ReplicationError: the optimizer is already replicated for pmap.
         """
-        from flaxen import jax_utils, parallel
-        from flaxen.optim.replicated import ReplicatedOptimizer
-
         if isinstance(mesh, list | tuple):  # the pre-release positional `devices`
             mesh, devices = None, mesh
         if isinstance(self.optimizer_def, ReplicatedOptimizer) or any(
@@ -500,9 +401,6 @@ class Optimizer:
         pmap outputs (device 0's copy, ``x[0]``), and ``replicate(mesh)`` (the first
         local copy). An optimizer that is not replicated comes back unchanged.
         """
-        from flaxen import jax_utils, parallel
-        from flaxen.optim.replicated import ReplicatedOptimizer
-
         opt_def = self.optimizer_def
         if isinstance(opt_def, ReplicatedOptimizer) or any(
                 jax_utils.is_stacked(x) for x in jax.tree.leaves(self)):
@@ -521,3 +419,119 @@ class Optimizer:
         from flaxen.optim.sharded import shard_optimizer
 
         return shard_optimizer(self, mesh, rules)
+
+
+class MultiOptimizer(OptimizerDef):
+    """One optimizer per traversal; parameters selected by none are frozen.
+
+    Args:
+        *traversals_and_optimizers: ``(traversal, optimizer_def)`` pairs; a traversal is a
+            ``ModelParamTraversal`` (or anything with its ``select(tree) -> {path: leaf}``).
+
+    Each sub-optimizer runs on the dict ``{path: leaf}`` its traversal selects, with its own
+    state and step counter (``optimizer.state.param_states[i].step``). Per-step overrides
+    (``apply_gradient(grads, learning_rate=lr)``) go to every sub-optimizer that has that
+    hyper-parameter; ``hyper_params=(...)`` replaces all (one entry per sub-optimizer).
+    """
+
+    def __init__(self, *traversals_and_optimizers: tuple[ModelParamTraversal, OptimizerDef]):
+        for i, pair in enumerate(traversals_and_optimizers):
+            if not (isinstance(pair, tuple) and len(pair) == 2
+                    and isinstance(pair[1], OptimizerDef) and hasattr(pair[0], "select")):
+                raise errors.HyperParamError(
+                    "MultiOptimizer", f"argument {i}", f"must be a (traversal, "
+                    f"OptimizerDef) pair, got {pair!r}",
+                    "e.g. `MultiOptimizer((optim.ModelParamTraversal(fn), optim.Adam(1e-3)))`.")
+        self.traversals = tuple(t for t, _ in traversals_and_optimizers)
+        self.sub_optimizers = tuple(o for _, o in traversals_and_optimizers)
+        super().__init__(tuple(o.hyper_params for o in self.sub_optimizers),
+                         (self.traversals, self.sub_optimizers))
+
+    def update_hyper_params(self, **overrides: Any) -> tuple[Any, ...]:
+        hps = tuple(overrides.pop("hyper_params", self.hyper_params))
+        if len(hps) != len(self.sub_optimizers):
+            raise errors.HyperParamError(
+                "MultiOptimizer", "hyper_params", f"needs {len(self.sub_optimizers)} "
+                f"entries (one per sub-optimizer), got {len(hps)}")
+        known: set[str] = set()
+        out = []
+        for opt, hp in zip(self.sub_optimizers, hps):
+            own = set(getattr(hp, "__dataclass_fields__", {}))
+            mine = {k: v for k, v in overrides.items() if k in own}
+            known |= mine.keys()
+            out.append(opt.update_hyper_params(hyper_params=hp, **mine))
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise errors.HyperParamError("MultiOptimizer", unknown[0],
+                                         "is a hyper-parameter of none of its sub-optimizers")
+        return tuple(out)
+
+    def _selections(self, tree: Any) -> list[dict[str, Any]]:
+        sels = [t.select(tree) for t in self.traversals]
+        seen: dict[str, int] = {}
+        for i, sel in enumerate(sels):
+            for p in sel:
+                if p in seen:
+                    raise errors.HyperParamError(
+                        "MultiOptimizer", "traversals", f"select the parameter "
+                        f"\"{path_to_str(p)}\" twice (traversals {seen[p]} and {i})",
+                        "Make the filters disjoint, so each parameter has one optimizer.")
+                seen[p] = i
+        return sels
+
+    def init_state(self, params: Any) -> OptimizerState:
+        subs = tuple(o.init_state(sel) for o, sel in
+                     zip(self.sub_optimizers, self._selections(params)))
+        return OptimizerState(_zero_step(), subs)
+
+    def apply_gradient(self, hyper_params: Any, params: Any, state: OptimizerState,
+                       grads: Any) -> tuple[Any, OptimizerState]:
+        new_leaves: dict[str, Any] = {}
+        new_states = []
+        g_leaves = dict(param_paths(grads))
+        for opt, hp, sel, sub_state in zip(self.sub_optimizers, hyper_params,
+                                           self._selections(params), state.param_states):
+            sub_grads = {p: g_leaves[p] for p in sel}
+            new_sel, new_sub = opt.apply_gradient(hp, sel, sub_state, sub_grads)
+            new_leaves.update(new_sel)
+            new_states.append(new_sub)
+        return set_leaves(params, new_leaves), OptimizerState(state.step + 1, tuple(new_states))
+
+
+class ReplicatedOptimizer(OptimizerDef):
+    """``optimizer.replicate(devices=...)``: the January-2020 wrapper for ``jax.pmap``.
+
+    Gradients are averaged over ``axis_name`` (inside pmap) before the wrapped definition
+    applies them. Deprecated in the pre-release in favour of ``jax_utils.replicate(
+    optimizer)`` plus an explicit ``lax.pmean(grads, 'batch')``; flaxen teaches Mesh
+    replication (``optimizer.replicate()``, see ``docs/parallelism.md``).
+    """
+
+    def __init__(self, optimizer_def: OptimizerDef,
+                 devices: Sequence[jax.Device] | None = None, axis_name: str = "batch"):
+        self.optimizer_def = optimizer_def
+        self.devices = None if devices is None else tuple(devices)
+        self.axis_name = axis_name
+        super().__init__(optimizer_def.hyper_params, (optimizer_def, self.devices, axis_name))
+
+    def __repr__(self) -> str:
+        return f"ReplicatedOptimizer({self.optimizer_def!r}, axis_name={self.axis_name!r})"
+
+    def update_hyper_params(self, **overrides: Any) -> Any:
+        return self.optimizer_def.update_hyper_params(**overrides)
+
+    def init_state(self, params: Any) -> OptimizerState:
+        return self.optimizer_def.init_state(params)
+
+    def apply_gradient(self, hyper_params: Any, params: Any, state: OptimizerState,
+                       grads: Any) -> tuple[Any, OptimizerState]:
+        try:
+            grads = jax.lax.pmean(grads, self.axis_name)
+        except NameError as e:
+            raise errors.ReplicationError(
+                f"This optimizer was replicated for pmap (`optimizer.replicate(devices=..., "
+                f"axis_name={self.axis_name!r})`), so apply_gradient averages gradients over "
+                f"the mapped axis {self.axis_name!r}; expected to run inside "
+                f"`jax.pmap(..., axis_name={self.axis_name!r})`, got no such axis. Call it "
+                "inside that pmap, or use `optimizer.unreplicate()` to get a plain one.") from e
+        return self.optimizer_def.apply_gradient(hyper_params, params, state, grads)

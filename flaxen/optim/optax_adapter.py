@@ -25,12 +25,17 @@ import jax.numpy as jnp
 import optax
 
 from flaxen import errors, struct
-from flaxen.optim.base import OptimizerDef, OptimizerState, _is_concrete
+from flaxen.optim.base import OptimizerDef, OptimizerState
+from flaxen.optim.checks import check_nonnegative
 
 
 @struct.dataclass
 class _OptaxHyperParams:
+    """The transformation (static) and the values to write into its injected
+    hyper-parameters before the next update (``(name, value)`` pairs; empty by default)."""
+
     transformation: Any = struct.field(pytree_node=False)
+    injected: tuple[tuple[str, Any], ...] = ()
 
 
 class Optax(OptimizerDef):
@@ -54,29 +59,25 @@ class Optax(OptimizerDef):
     def transform(self, hyper_params: Any) -> optax.GradientTransformation:
         return self.hyper_params.transformation
 
-    def update_hyper_params(self, **overrides: Any) -> Any:
-        """Returns the overrides themselves (applied to the injected hyper-parameters)."""
-        if overrides.get("hyper_params", self.hyper_params) is self.hyper_params:
-            overrides.pop("hyper_params", None)  # MultiOptimizer passes our own defaults
-        if "hyper_params" in overrides:
+    def update_hyper_params(self, **overrides: Any) -> _OptaxHyperParams:
+        """The per-step overrides, to be written into the injected hyper-parameters."""
+        hp = overrides.pop("hyper_params", self.hyper_params)
+        if not (isinstance(hp, _OptaxHyperParams)
+                and hp.transformation is self.hyper_params.transformation):
             raise errors.HyperParamError(
                 "Optax", "hyper_params", "cannot replace an optax transformation per step",
                 "Create a new `optim.Optax(...)` instead.")
         for name, value in overrides.items():
-            if name == "learning_rate" and _is_concrete(value) and jnp.any(
-                    jnp.asarray(value) < 0):
-                raise errors.HyperParamError(
-                    "Optax", name, f"must be >= 0, got {value}",
-                    "Optimizers minimise the loss; to maximise, negate the loss.")
-        return overrides
+            if name == "learning_rate":
+                check_nonnegative("Optax", name, value)
+        return dataclasses.replace(hp, injected=(*hp.injected, *overrides.items()))
 
     def apply_gradient(self, hyper_params: Any, params: Any, state: OptimizerState,
                        grads: Any) -> tuple[Any, OptimizerState]:
-        inner = state.param_states
-        if hyper_params:
-            inner = _set_injected(inner, hyper_params)
-        state = dataclasses.replace(state, param_states=inner)
-        return super().apply_gradient(None, params, state, grads)
+        if hyper_params.injected:
+            inner = _set_injected(state.param_states, dict(hyper_params.injected))
+            state = dataclasses.replace(state, param_states=inner)
+        return super().apply_gradient(hyper_params, params, state, grads)
 
 
 # -- Finding injected hyper-parameters inside wrapper states ------------------------------

@@ -7,6 +7,10 @@ step, which does not recompile::
     optimizer = optimizer.apply_gradient(grads, learning_rate=lr_fn(optimizer.state.step))
 
 Compose with ``join`` (one schedule after another) and ``multiply`` (pointwise product).
+
+The pre-release ``flax.training.lr_schedule`` factories (``create_*_learning_rate_schedule``,
+warm-up lengths in epochs) live here too, built from the same pieces;
+``flaxen.training.lr_schedule`` re-exports them under their pre-release import path.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from flaxen import errors
@@ -98,3 +103,86 @@ def multiply(*schedules: Schedule) -> Schedule:
         return out
 
     return product
+
+
+# -- The pre-release factories (flax.training.lr_schedule) ---------------------------------
+#
+# Their warm-up multiplies by ``min(1, step / (warmup_length * steps_per_epoch))`` with
+# ``warmup_length`` in (possibly fractional) epochs; the stepped schedule's factors are
+# absolute and a boundary takes effect after its step (``boundary < step``), and the cosine
+# is not clamped: these differ from the optax-style schedules above, so they are kept as
+# the pre-release wrote them and only share ``constant`` and ``multiply``.
+
+
+def _check_epochs(name: str, steps_per_epoch: float, warmup_length: float) -> None:
+    if not steps_per_epoch > 0:
+        raise errors.FlaxenError(f"{name}: steps_per_epoch must be > 0, got "
+                                 f"{steps_per_epoch!r}.")
+    if not warmup_length >= 0:
+        raise errors.FlaxenError(f"{name}: warmup_length must be >= 0 (epochs), got "
+                                 f"{warmup_length!r}.")
+
+
+def _with_warmup(schedule: Schedule, steps_per_epoch: float,
+                 warmup_length: float) -> Schedule:
+    if not warmup_length > 0.0:
+        return schedule
+    warmup_steps = float(warmup_length) * float(steps_per_epoch)
+
+    def factor(step: jax.typing.ArrayLike) -> jax.Array:
+        return jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / warmup_steps)
+
+    return multiply(schedule, factor)
+
+
+def create_constant_learning_rate_schedule(base_learning_rate: float, steps_per_epoch: float,
+                                           warmup_length: float = 0.0) -> Schedule:
+    """``base_learning_rate``, after an optional linear warm-up of ``warmup_length`` epochs."""
+    _check_epochs("create_constant_learning_rate_schedule", steps_per_epoch, warmup_length)
+    return _with_warmup(constant(base_learning_rate), steps_per_epoch, warmup_length)
+
+
+def create_stepped_learning_rate_schedule(base_learning_rate: float, steps_per_epoch: float,
+                                          lr_sched_steps: Sequence[Sequence[float]],
+                                          warmup_length: float = 0.0) -> Schedule:
+    """Piecewise constant: ``base * [1, f1, f2, ...][number of boundaries < step]``.
+
+    Args:
+      base_learning_rate: the rate before the first boundary.
+      steps_per_epoch: steps in one epoch.
+      lr_sched_steps: ``[[epoch, factor], ...]``, e.g. ``[[30, .1], [60, .01]]``; the
+        boundary of each is ``round(epoch * steps_per_epoch)``; factors multiply ``base``
+        (they are absolute, not cumulative).
+      warmup_length: warm-up in epochs.
+    """
+    _check_epochs("create_stepped_learning_rate_schedule", steps_per_epoch, warmup_length)
+    if any(len(s) != 2 for s in lr_sched_steps):
+        raise errors.FlaxenError(f"lr_sched_steps must be [[epoch, factor], ...], got "
+                                 f"{lr_sched_steps!r}.")
+    bounds = np.round(np.array([s[0] for s in lr_sched_steps], np.float64)
+                      * steps_per_epoch).astype(np.float32)
+    values = (np.array([1.0] + [s[1] for s in lr_sched_steps], np.float64)
+              * base_learning_rate).astype(np.float32)
+
+    def stepped(step: jax.typing.ArrayLike) -> jax.Array:
+        index = jnp.sum(jnp.asarray(bounds) < jnp.asarray(step, jnp.float32))
+        return jnp.asarray(values)[index]
+
+    return _with_warmup(stepped, steps_per_epoch, warmup_length)
+
+
+def create_cosine_learning_rate_schedule(base_learning_rate: float, steps_per_epoch: float,
+                                         halfcos_epochs: float,
+                                         warmup_length: float = 0.0) -> Schedule:
+    """``base * (0.5 + 0.5 * cos(pi * step / (halfcos_epochs * steps_per_epoch)))``."""
+    _check_epochs("create_cosine_learning_rate_schedule", steps_per_epoch, warmup_length)
+    if not halfcos_epochs > 0:
+        raise errors.FlaxenError(f"halfcos_epochs must be > 0, got {halfcos_epochs!r}.")
+    half_wavelength = float(halfcos_epochs) * float(steps_per_epoch)
+
+    def cosine(step: jax.typing.ArrayLike) -> jax.Array:
+        step = jnp.asarray(step, jnp.float32)
+        scale = jnp.cos(step * jnp.pi / half_wavelength) * 0.5 + 0.5
+        return jnp.asarray(base_learning_rate * scale, jnp.float32)
+
+    return _with_warmup(cosine, steps_per_epoch, warmup_length)

@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from flaxen import errors, struct
-from flaxen.optim.base import OptimizerDef, OptimizerState, _check_inexact
+from flaxen.optim.base import OptimizerDef, OptimizerState
+from flaxen.optim.checks import check_inexact
 
 
 @struct.dataclass
@@ -61,19 +62,10 @@ class WeightNorm(OptimizerDef):
                 "WeightNorm", "wrapped_optimizer", f"must be an OptimizerDef, got "
                 f"{type(wrapped_optimizer).__name__}", "e.g. `WeightNorm(optim.Adam(1e-3))`.")
         self.wrapped = wrapped_optimizer
-        hp = _WeightNormHyperParams(wrapped_optimizer.hyper_params, wn_decay, wn_eps)
-        self.hyper_params = hp
-        self._check(hp, ())
-        self._hash = hash((WeightNorm, wrapped_optimizer, wn_decay, wn_eps))
+        super().__init__(_WeightNormHyperParams(wrapped_optimizer.hyper_params, wn_decay,
+                                                wn_eps), (wrapped_optimizer,))
 
-    def __eq__(self, other: object) -> bool:
-        return self is other or (isinstance(other, WeightNorm) and self.wrapped == other.wrapped
-                                 and self.hyper_params == other.hyper_params)
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def update_hyper_params(self, **overrides: Any) -> Any:
+    def update_hyper_params(self, **overrides: Any) -> _WeightNormHyperParams:
         hp = overrides.pop("hyper_params", self.hyper_params)
         own = {k: overrides.pop(k) for k in ("wn_decay", "wn_eps") if k in overrides}
         inner = self.wrapped.update_hyper_params(hyper_params=hp.inner, **overrides)
@@ -90,7 +82,7 @@ class WeightNorm(OptimizerDef):
         return jax.tree.map(direction, params), jax.tree.map(scale, params)
 
     def init_state(self, params: Any) -> OptimizerState:
-        _check_inexact(type(self).__name__, params)
+        check_inexact(type(self).__name__, params)
         eps = self.hyper_params.wn_eps
         directions, scales = self._split(params)
         inner = self.wrapped.init_state({"direction": directions, "scale": scales})
