@@ -8,8 +8,9 @@ Non-finite numbers: JSON has no NaN or infinity (Python's ``json`` writes the ba
 ``NaN``/``Infinity``, which strict parsers, ``jq`` and JavaScript reject). So a NaN or an
 infinity is written as ``null``, and the row gets a ``"_nonfinite"`` entry that says what each
 ``null`` was: ``{"step": 3, "loss": null, "_nonfinite": {"loss": "NaN"}}``; for an array, a
-list of the same shape with ``null`` at the finite entries. Every JSON parser accepts the
-file; pandas reads the ``null`` as NaN; :func:`read_jsonl` restores the exact values.
+list of the same shape with ``null`` at the finite entries (a dict, for the hparams row).
+Every JSON parser accepts the file; pandas reads the ``null`` as NaN; :func:`read_jsonl`
+restores the exact values.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ def _split_nonfinite(value: Any) -> tuple[Any, Any]:
         pairs = [_split_nonfinite(v) for v in value]
         if any(m is not None for _, m in pairs):
             return [v for v, _ in pairs], [m for _, m in pairs]
+    if isinstance(value, dict):  # the hparams row
+        split = {k: _split_nonfinite(v) for k, v in value.items()}
+        marks = {k: m for k, (_, m) in split.items() if m is not None}
+        if marks:
+            return {k: v for k, (v, _) in split.items()}, marks
     return value, None
 
 
@@ -68,6 +74,8 @@ def _restore(value: Any, marker: Any) -> Any:
         return _NAMES[marker]
     if isinstance(marker, list) and isinstance(value, list):
         return [_restore(v, m) for v, m in zip(value, marker)]
+    if isinstance(marker, dict) and isinstance(value, dict):
+        return {k: _restore(v, marker.get(k)) for k, v in value.items()}
     return value
 
 
@@ -125,8 +133,10 @@ class JsonlWriter:
         if NONFINITE_KEY in metrics:
             raise MetricsFileError(f'"{NONFINITE_KEY}" is reserved (it marks NaN and infinite '
                                    "values in the file); rename that metric.")
-        row = {"step": int(step), "wall_time": time.time()}
-        row.update({k: _to_json(k, v) for k, v in metrics.items()})
+        self._append(step, {k: _to_json(k, v) for k, v in metrics.items()})
+
+    def _append(self, step: int, values: dict[str, Any]) -> None:
+        row = {"step": int(step), "wall_time": time.time(), **values}
         if self._file is None:  # not the writing process
             return
         self._file.write(encode_row(row) + "\n")
@@ -157,9 +167,12 @@ class JsonlWriter:
         """One row ``{"step": 0, "hparams": {dotted name: value}}`` (nested mappings flattened)."""
         from flaxen.metrics.summaries import flatten_hparams
 
+        if self._closed:
+            raise MetricsFileError(f"JsonlWriter for {self.path} (resolved: "
+                                   f"{self.path.resolve()}) is closed.")
         flat = {k: _to_json(k, v) if not isinstance(v, list | tuple) else repr(v)
                 for k, v in flatten_hparams(hparams).items()}
-        self.write(0, {"hparams": flat})
+        self._append(0, {"hparams": flat})
 
     def flush(self) -> None:
         if self._file is not None:

@@ -111,7 +111,9 @@ def read_events(path: str | os.PathLike) -> Iterator[dict]:
     with open(path, "rb") as f:
         for record in tfrecord.read_records(f, str(path)):
             fields = pb.decode(record)
-            event: dict = {"wall_time": _double(fields[1][0]), "step": fields.get(2, [0])[0]}
+            # proto3 leaves out fields at their default (a wall_time or step of 0).
+            event: dict = {"wall_time": _double(fields[1][0]) if 1 in fields else 0.0,
+                           "step": fields.get(2, [0])[0]}
             if 3 in fields:
                 event["file_version"] = fields[3][0].decode("utf-8")
             if 5 in fields:

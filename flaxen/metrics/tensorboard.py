@@ -68,14 +68,24 @@ class SummaryWriter:
         self.log_dir = Path(log_dir)
         self.active = writes_here(all_processes)
         self._closed = False
-        name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
-                f"{os.getpid()}.{_instance_counter}")
-        self.path = self.log_dir / name
+        self.path = self._name(_instance_counter)
         self._file: BinaryIO | None = None
         if self.active:
             _make_dir(self.log_dir)
-            self._file = open(self.path, "wb")  # closed in close()
+            # "x": never overwrite a file (another writer's, started in the same second).
+            while self._file is None:
+                try:
+                    self._file = open(self.path, "xb")  # closed in close()
+                except FileExistsError:
+                    _instance_counter += 1
+                    self.path = self._name(_instance_counter)
             self._write_event(pb.bytes_field(3, "brain.Event:2"), step=None)
+
+    def _name(self, counter: int) -> Path:
+        # The ".flaxen" suffix keeps the name apart from TensorBoard's and PyTorch's writers,
+        # which name files the same way up to the counter and open them with "w".
+        return self.log_dir / (f"events.out.tfevents.{int(time.time()):010d}."
+                               f"{socket.gethostname()}.{os.getpid()}.{counter}.flaxen")
 
     # -- plumbing --------------------------------------------------------------------------
 

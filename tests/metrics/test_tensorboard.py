@@ -204,3 +204,18 @@ def test_png_encoder_against_pillow():
     img = np.arange(60, dtype=np.uint8).reshape(6, 10)
     np.testing.assert_array_equal(np.asarray(pil.open(io.BytesIO(tensorboard.encode_png(img)))),
                                   img)
+
+
+def test_errors_show_a_relative_path_resolved(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=f"'nope' \\(resolved: {tmp_path / 'nope'}\\)"):
+        read_scalars("nope")
+    with pytest.raises(FileNotFoundError, match=f"resolved: {tmp_path / 'no.tfevents'}"):
+        list(read_events("no.tfevents"))
+    (tmp_path / "file").write_text("in the way")
+    with pytest.raises(SummaryError, match=f"'file' \\(resolved: {tmp_path / 'file'}\\)"):
+        SummaryWriter("file")
+    w = SummaryWriter("tb")
+    w.close()
+    with pytest.raises(SummaryError, match=f"resolved: {tmp_path / 'tb'}\\) is closed"):
+        w.scalar("x", 1.0, 0)
