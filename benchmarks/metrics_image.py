@@ -46,13 +46,13 @@ def main() -> None:
                                                                      compiled)]:
             tfrecord._crc_impl = impl
             with metrics.SummaryWriter(tempfile.mkdtemp()) as w:
-                blocked = median_ms(lambda i, w=w: w.write_images(i, {"x": image}))
-            crc = median_ms(lambda i: tfrecord.crc32c(bytes(png_size)))
+                blocked = median_ms(lambda i, w=w, x=image: w.write_images(i, {"x": x}))
+            crc = median_ms(lambda i, n=png_size: tfrecord.crc32c(bytes(n)))
             print(f"{name:6s} image, PNG {png_size / 1e6:.2f} MB, CRC {backend:13s}: "
                   f"write_images blocks {blocked:7.1f} ms (of which CRC {crc:6.2f} ms)")
         tfrecord._crc_impl = compiled
         writer = metrics.AsyncWriter(metrics.SummaryWriter(tempfile.mkdtemp()), max_pending=64)
-        blocked = median_ms(lambda i, w=writer: w.write_images(i, {"x": image}))
+        blocked = median_ms(lambda i, w=writer, x=image: w.write_images(i, {"x": x}))
         writer.close()
         print(f"{name:6s} image, AsyncWriter over SummaryWriter: the caller waits {blocked:.2f} ms")
 
