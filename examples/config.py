@@ -45,14 +45,17 @@ def define_config_flag(example_file: str, *, flag_values: flags.FlagValues = fla
 
     Args:
       example_file: the example's ``train.py`` (``__file__``); the default config is
-        ``configs/default.py`` next to it.
+        ``configs/default.py`` next to it if there is one, else none (then
+        ``--config.x=value`` needs ``--config=FILE`` too).
       flag_values: where to define the flag (absl's global ``FLAGS`` by default).
       default: another default config file.
       argv: the command line to find ``--config.x`` overrides in (``sys.argv`` by default;
         ml_collections registers one flag per override when ``--config`` is defined).
     """
-    path = default or os.path.join(os.path.dirname(os.path.abspath(example_file)), "configs",
-                                   "default.py")
+    path: str | None = default or os.path.join(
+        os.path.dirname(os.path.abspath(example_file)), "configs", "default.py")
+    if default is None and not os.path.isfile(str(path)):
+        path = None  # no default config: --config=FILE (and its overrides) is optional
     config_flags.DEFINE_config_file(
         "config", path, "An ml_collections config file (a get_config() function); override "
         "one field with --config.x.y=value. A flat flag given on the command line wins over "
@@ -116,13 +119,16 @@ def apply_config(flag_values: flags.FlagValues = flags.FLAGS,
       renames: ``{config path: flag name}`` where the flag is not named like the leaf.
 
     Returns:
-      The config (a ``ConfigDict``), for logging or saving.
+      The config (a ``ConfigDict``), for logging or saving; None when there is none (no
+      ``--config`` and no default config file).
 
     Raises:
       ConfigFlagError: one setting given both as ``--config.x`` and as ``--x``; a config
         leaf with no flag of its name; a value the flag cannot take.
     """
     holder = flag_values["config"]
+    if holder.value is None:  # no --config and no default config file
+        return None
     source = config_flags.get_config_filename(holder)
     try:  # a file that failed to load raises on first use
         config: Any = holder.value

@@ -110,6 +110,26 @@ def test_a_missing_config_file_is_an_error_naming_it(config_file, tmp_path):
         config_lib.apply_config(fv)
 
 
+def test_without_a_default_config_the_flat_flags_are_unchanged(config_file, tmp_path):
+    fv = flags.FlagValues()
+    flags.DEFINE_integer("latents", 8, "h", flag_values=fv)
+    flags.DEFINE_float("learning_rate", 1e-3, "h", flag_values=fv)
+    flags.DEFINE_string("arch", "cnn", "h", flag_values=fv)
+    flags.DEFINE_enum("dataset", "a", ["a", "b"], "h", flag_values=fv)
+    example = str(tmp_path / "train.py")  # no configs/default.py next to it
+    config_lib.flags_parser(example, flag_values=fv)(["prog", "--latents=3"])
+    assert config_lib.apply_config(fv) is None and fv.latents == 3
+    fv2 = flags.FlagValues()
+    flags.DEFINE_integer("latents", 8, "h", flag_values=fv2)
+    flags.DEFINE_float("learning_rate", 1e-3, "h", flag_values=fv2)
+    flags.DEFINE_string("arch", "cnn", "h", flag_values=fv2)
+    flags.DEFINE_enum("dataset", "a", ["a", "b"], "h", flag_values=fv2)
+    config_lib.flags_parser(example, flag_values=fv2)(
+        ["prog", f"--config={config_file}", "--config.model.latents=5"])
+    config_lib.apply_config(fv2, renames={"model.name": "arch"})
+    assert (fv2.latents, fv2.learning_rate) == (5, 0.1)
+
+
 # -- the examples -------------------------------------------------------------------------------
 
 
