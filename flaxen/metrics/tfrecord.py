@@ -18,6 +18,7 @@ the compiled packages well under a millisecond. ``CRC32C_BACKEND`` says which on
 
 from __future__ import annotations
 
+import os
 import struct
 import warnings
 from collections.abc import Callable, Iterator
@@ -110,6 +111,8 @@ def read_records(f: BinaryIO, path: str = "<file>") -> Iterator[bytes]:
     Raises:
       RecordError: a truncated record or a CRC mismatch (names the record's byte offset).
     """
+    if path != "<file>" and os.path.abspath(path) != path:  # show a relative path resolved
+        path = f"{path} (resolved: {os.path.abspath(path)})"
     offset = 0
     while True:
         header = f.read(12)

@@ -1,7 +1,9 @@
 """Event files parsed back with an independent reader written here, against reference CRCs."""
 
 import io
+import os
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,5 +219,12 @@ def test_errors_show_a_relative_path_resolved(tmp_path, monkeypatch):
         SummaryWriter("file")
     w = SummaryWriter("tb")
     w.close()
+    RecordError = tfrecord.RecordError
+    cut = Path("tb") / w.path.name
+    cut.write_bytes(cut.read_bytes()[:-3])  # a record cut short
+    relative = os.path.relpath(cut)
+    with pytest.raises(RecordError, match=f"{relative} \\(resolved: {tmp_path / relative}\\): "
+                       "truncated record"):
+        list(read_events(relative))
     with pytest.raises(SummaryError, match=f"resolved: {tmp_path / 'tb'}\\) is closed"):
         w.scalar("x", 1.0, 0)
