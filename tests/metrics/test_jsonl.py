@@ -46,7 +46,7 @@ def test_non_finite_values_are_strict_json_and_restored(tmp_path):
     path = tmp_path / "m.jsonl"
     with JsonlWriter(path) as w:
         w.write(1, {"loss": float("nan"), "acc": 0.5, "per_class": np.array([1.0, np.inf, -np.inf]),
-                    "grad": jnp.float32(np.nan)})
+                    "grad": jnp.array(np.nan, jnp.bfloat16), "lr": jnp.bfloat16(0.5)})
         w.write_scalars(2, {"loss": 0.25})
     lines = path.read_text().splitlines()
     first = strict_loads(lines[0])  # every line parses without NaN/Infinity extensions
@@ -56,6 +56,7 @@ def test_non_finite_values_are_strict_json_and_restored(tmp_path):
     assert "_nonfinite" not in strict_loads(lines[1])
     rows = read_jsonl(path)
     assert np.isnan(rows[0]["loss"]) and np.isnan(rows[0]["grad"]) and rows[0]["acc"] == 0.5
+    assert rows[0]["lr"] == 0.5  # bfloat16
     assert rows[0]["per_class"] == [1.0, np.inf, -np.inf] and "_nonfinite" not in rows[0]
     assert rows[1]["loss"] == 0.25
 
