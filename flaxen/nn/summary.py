@@ -29,7 +29,11 @@ from flaxen.nn.base import Model, Module, _as_spec
 from flaxen.nn.collection import Collection, stateful
 from flaxen.nn.stochastic import stochastic
 
-_KEY = jax.random.PRNGKey(0)  # dropout and other stochastic modules draw from this
+
+def _key() -> jax.Array:
+    """The key dropout and other stochastic modules draw from (made on use: an array made
+    at import would start JAX's backend before ``jax.distributed.initialize``)."""
+    return jax.random.PRNGKey(0)
 
 
 def _init_shapes(module: type[Module], specs: list[Any], args: tuple,
@@ -40,7 +44,7 @@ def _init_shapes(module: type[Module], specs: list[Any], args: tuple,
             _, params, state = module.init_with_state(key, *xs, *args, **kwargs)
         return params, state
 
-    params, state = jax.eval_shape(init, _KEY, *specs)
+    params, state = jax.eval_shape(init, _key(), *specs)
     return params, state.as_dict()
 
 
@@ -172,7 +176,7 @@ def _flops(cls: type[Module], name: str | None, params: Any, state: dict[str, An
             return cls.call(params, *call_args, name=name, **call_kwargs)
 
     try:
-        cost = jax.jit(run).lower(_KEY, params, state, arrays).compile().cost_analysis()
+        cost = jax.jit(run).lower(_key(), params, state, arrays).compile().cost_analysis()
     except Exception as e:  # noqa: BLE001 - shown in the table's notes instead
         return f"{type(e).__name__}"
     if isinstance(cost, list | tuple):  # older JAX: one dict per computation
@@ -206,7 +210,7 @@ def _modules_table(module: type[Module], params: Any, state: dict[str, Any], spe
         with _recording(calls), stochastic(key), stateful(Collection(state)):
             return module.call(params, *xs, *args, **kwargs)
 
-    jax.eval_shape(trace, _KEY, _abstract(params), state, *specs)
+    jax.eval_shape(trace, _key(), _abstract(params), state, *specs)
     # Calls come in completion order (children first); show them in call order: a
     # module before its children, siblings in the order they finished.
     finished: dict[str, int] = {}
