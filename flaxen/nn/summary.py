@@ -28,6 +28,7 @@ from flaxen.nn import base
 from flaxen.nn.base import Model, Module, _as_spec
 from flaxen.nn.collection import Collection, stateful
 from flaxen.nn.stochastic import stochastic
+from flaxen.traverse_util import path_to_str
 
 
 def _key() -> jax.Array:
@@ -101,7 +102,7 @@ def _params_table(tree: Any) -> str:
     rows: list[tuple[str, str, str, int, int]] = []
     per_module: dict[str, tuple[int, int]] = {}
     for key_path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        path = "/".join(str(getattr(k, "key", k)) for k in key_path)
+        path = path_to_str(key_path)
         shape = tuple(leaf.shape)
         dtype = np.dtype(leaf.dtype)
         count = int(np.prod(shape, dtype=np.int64))
@@ -237,7 +238,7 @@ def _modules_table(module: type[Module], params: Any, state: dict[str, Any], spe
             else:
                 total += value
         first = rows[path][0]
-        label = "(root)" if path == "/" else path.lstrip("/")
+        label = "(root)" if path == "/" else path_to_str(path)
         depth = 0 if path == "/" else path.count("/")
         label = "  " * (depth - 1 if depth else 0) + label
         if len(rows[path]) > 1:
