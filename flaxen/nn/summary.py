@@ -215,10 +215,9 @@ def _modules_table(module: type[Module], params: Any, state: dict[str, Any], spe
     # Calls come in completion order (children first); show them in call order: a
     # module before its children, siblings in the order they finished.
     finished: dict[str, int] = {}
+    rows: dict[str, list[tuple]] = {}  # path -> its calls (a shared module has several)
     for i, call in enumerate(calls):
         finished.setdefault(call[0], i)
-    rows: dict[str, list[tuple]] = {}
-    for call in calls:
         rows.setdefault(call[0], []).append(call)
     order = sorted(rows, key=lambda p: _call_order_key(p, finished))
     notes: dict[str, str] = {}
@@ -250,6 +249,11 @@ def _modules_table(module: type[Module], params: Any, state: dict[str, Any], spe
         else:
             flops = f"{int(total):,}"
         table_rows.append((label, first[1].__name__, _shape_str(first[6]), flops))
+    return _format_modules(table_rows, notes)
+
+
+def _format_modules(table_rows: list[tuple[str, str, str, str]], notes: dict[str, str]) -> str:
+    """The module table: left-aligned columns, FLOPs right-aligned, then the notes."""
     widths = [max(len(h), *(len(r[i]) for r in table_rows)) + 2
               for i, h in enumerate(("module", "class", "output", "FLOPs"))]
     header = (f"{'module':<{widths[0]}}{'class':<{widths[1]}}{'output':<{widths[2]}}"
