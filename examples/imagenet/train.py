@@ -45,8 +45,11 @@ from flaxen.optim import schedules
 from flaxen.training import checkpoints
 
 try:  # as part of the repository (tests, `python -m examples.imagenet.train`)
+    from examples import config as config_lib
     from examples.imagenet import input_pipeline, models
 except ImportError:  # as a script in a forked copy: `python train.py`
+    sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import config as config_lib  # type: ignore[no-redef]  # examples/config.py
     import input_pipeline  # type: ignore[no-redef]
     import models  # type: ignore[no-redef]
 
@@ -556,6 +559,8 @@ def main(argv: list[str]) -> None:
                                  "name).")
             logging.warning("--model_dir is deprecated; use --output_dir.")
             output_dir = FLAGS.model_dir
+        # --config file and --config.x.y overrides -> the flat flags (model.name: --model).
+        config_lib.apply_config(renames={"model.name": "model"})
         config = config_from_flags()
         check_config(config)
         logging.info("Config: %s", config)
@@ -572,15 +577,6 @@ def main(argv: list[str]) -> None:
               "curves.png")
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with a bad flag reported as one ``Error:`` line and exit 2."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        print(f"Error: {e} (see --helpfull)", file=sys.stderr, flush=True)
-        sys.exit(2)
-
-
 def check_config(config: Config) -> None:
     """Flag values that cannot work, as a UsageError naming the flag."""
     for name in ("num_filters", "image_size", "batch_size", "eval_batch_size",
@@ -594,4 +590,4 @@ def check_config(config: Config) -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=config_lib.flags_parser(__file__))  # adds --config

@@ -35,8 +35,11 @@ from flaxen.errors import FlaxenError
 from flaxen.training import checkpoints
 
 try:  # as part of the repository's `examples` package (tests, `python -m examples.vae.train`)
+    from examples import config as config_lib
     from examples.vae import input_pipeline, models, pictures
 except ImportError:  # as a script, `python examples/vae/train.py`, or in a forked copy
+    sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import config as config_lib  # type: ignore[no-redef]  # examples/config.py
     import input_pipeline  # type: ignore[no-redef]
     import models  # type: ignore[no-redef]
     import pictures  # type: ignore[no-redef]
@@ -415,6 +418,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     try:
+        config_lib.apply_config()  # --config file and --config.x.y overrides -> the flags
         init_processes()
         cfg = config_from_flags()
         train_ds, test_ds, folder = input_pipeline.get_datasets(
@@ -422,11 +426,11 @@ def main(argv):
         logging.info('%s from %s: %d train and %d test images; output in %s', cfg.dataset,
                      folder, len(train_ds['image']), len(test_ds['image']), cfg.output_dir)
         train(train_ds, test_ds, cfg)
-    except (ConfigError, input_pipeline.DataError) as e:
+    except (ConfigError, config_lib.ConfigFlagError, input_pipeline.DataError) as e:
         print(f'Error: {e}', file=sys.stderr)  # a clear message, not a traceback
         sys.exit(2)
 
 
 if __name__ == '__main__':
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=config_lib.flags_parser(__file__))  # adds --config

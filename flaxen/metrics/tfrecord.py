@@ -9,12 +9,19 @@ Each record on disk is::
 
 CRC32C is the Castagnoli CRC (reflected polynomial ``0x82F63B78``); the mask rotates it right
 by 15 bits and adds ``0xA282EAD8`` (modulo 2**32), as TensorFlow's ``crc32c::Mask`` does.
+
+The CRC is computed by a compiled package when one is installed (``google-crc32c``, else
+``crc32c``; ``pip install 'flaxen[metrics]'``), and by the table-driven Python loop below
+otherwise. Both give the same bytes; the loop costs about 0.15 s per MB (a 512x512 RGB image),
+the compiled packages well under a millisecond. ``CRC32C_BACKEND`` says which one is in use.
 """
 
 from __future__ import annotations
 
+import os
 import struct
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from flaxen.errors import FlaxenError
@@ -40,13 +47,45 @@ def _make_table() -> list[int]:
 _TABLE = _make_table()
 
 
-def crc32c(data: bytes, crc: int = 0) -> int:
-    """CRC32C (Castagnoli) of ``data``, continuing from ``crc``; returns an unsigned 32-bit int."""
+def crc32c_python(data: bytes, crc: int = 0) -> int:
+    """CRC32C (Castagnoli) of ``data``, continuing from ``crc``, in pure Python (the fallback)."""
     crc ^= 0xFFFFFFFF
     table = _TABLE
     for b in data:
         crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
     return crc ^ 0xFFFFFFFF
+
+
+def _compiled_crc32c() -> tuple[str, Callable[[bytes, int], int]] | None:
+    """The CRC32C of an installed compiled package, or None."""
+    try:
+        with warnings.catch_warnings():
+            # google-crc32c warns (and falls back to its own Python loop) without its C part.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            import google_crc32c
+        if google_crc32c.implementation == "c":
+            return "google-crc32c", lambda data, crc: google_crc32c.extend(crc, data)
+    except ImportError:
+        pass
+    try:
+        import crc32c as crc32c_package
+        return "crc32c", lambda data, crc: crc32c_package.crc32c(data, crc)
+    except ImportError:
+        return None
+
+
+_compiled = _compiled_crc32c()
+CRC32C_BACKEND: str = _compiled[0] if _compiled else "python"
+_crc_impl: Callable[[bytes, int], int] = _compiled[1] if _compiled else crc32c_python
+
+
+def crc32c(data: bytes, crc: int = 0) -> int:
+    """CRC32C (Castagnoli) of ``data``, continuing from ``crc``; returns an unsigned 32-bit int.
+
+    Uses the compiled package named by ``CRC32C_BACKEND`` when installed, else
+    :func:`crc32c_python`.
+    """
+    return _crc_impl(bytes(data), crc)
 
 
 def masked_crc32c(data: bytes) -> int:
@@ -72,6 +111,8 @@ def read_records(f: BinaryIO, path: str = "<file>") -> Iterator[bytes]:
     Raises:
       RecordError: a truncated record or a CRC mismatch (names the record's byte offset).
     """
+    if path != "<file>" and os.path.abspath(path) != path:  # show a relative path resolved
+        path = f"{path} (resolved: {os.path.abspath(path)})"
     offset = 0
     while True:
         header = f.read(12)

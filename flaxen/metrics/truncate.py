@@ -9,14 +9,13 @@ run changes files (the others return at once); every rewrite is atomic.
 from __future__ import annotations
 
 import glob
-import json
 import os
 from pathlib import Path
 
 from flaxen.metrics import protobuf as pb
 from flaxen.metrics import tfrecord
 from flaxen.metrics._process import writes_here
-from flaxen.metrics.jsonl import read_jsonl
+from flaxen.metrics.jsonl import encode_row, read_jsonl
 
 
 def _replace(path: Path, data: bytes) -> None:
@@ -37,7 +36,7 @@ def truncate_jsonl(path: str | os.PathLike, last_step: int) -> list[dict]:
     rows = read_jsonl(path)
     kept = [r for r in rows if r.get("step", 0) <= last_step]
     if len(kept) != len(rows):
-        _replace(path, "".join(json.dumps(r) + "\n" for r in kept).encode("utf-8"))
+        _replace(path, "".join(encode_row(r) + "\n" for r in kept).encode("utf-8"))
     return kept
 
 

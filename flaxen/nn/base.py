@@ -134,6 +134,11 @@ class _Frame:
         return any(f is self for f in stacks.frames)
 
 
+# Functions called as ``record(frame, cls, args, kwargs, output)`` after every module run
+# (``nn.summary`` appends one while it traces a model).
+_call_recorders: list[Callable[..., None]] = []
+
+
 def _has_tracer(tree: Any) -> bool:
     return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
 
@@ -248,6 +253,8 @@ class Module:
             out = instance.apply(*args, **kwargs)
         if stacks.captures:
             _coll.record_output(frame, out)
+        for record in _call_recorders:  # nn.summary: each module's inputs and output
+            record(frame, cls, args, kwargs, out)
         return out
 
     # -- Inside apply -------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Event files parsed back with an independent reader written here, against reference CRCs."""
 
 import io
+import os
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,3 +206,25 @@ def test_png_encoder_against_pillow():
     img = np.arange(60, dtype=np.uint8).reshape(6, 10)
     np.testing.assert_array_equal(np.asarray(pil.open(io.BytesIO(tensorboard.encode_png(img)))),
                                   img)
+
+
+def test_errors_show_a_relative_path_resolved(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=f"'nope' \\(resolved: {tmp_path / 'nope'}\\)"):
+        read_scalars("nope")
+    with pytest.raises(FileNotFoundError, match=f"resolved: {tmp_path / 'no.tfevents'}"):
+        list(read_events("no.tfevents"))
+    (tmp_path / "file").write_text("in the way")
+    with pytest.raises(SummaryError, match=f"'file' \\(resolved: {tmp_path / 'file'}\\)"):
+        SummaryWriter("file")
+    w = SummaryWriter("tb")
+    w.close()
+    RecordError = tfrecord.RecordError
+    cut = Path("tb") / w.path.name
+    cut.write_bytes(cut.read_bytes()[:-3])  # a record cut short
+    relative = os.path.relpath(cut)
+    with pytest.raises(RecordError, match=f"{relative} \\(resolved: {tmp_path / relative}\\): "
+                       "truncated record"):
+        list(read_events(relative))
+    with pytest.raises(SummaryError, match=f"resolved: {tmp_path / 'tb'}\\) is closed"):
+        w.scalar("x", 1.0, 0)
