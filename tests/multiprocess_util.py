@@ -2,8 +2,9 @@
 
 Each process gets its own simulated CPU devices (``--xla_force_host_platform_device_count``)
 and JAX's CPU collectives (gloo, the default in JAX 0.10); the processes find each other
-through a coordinator on ``127.0.0.1`` at a free port. Used by the examples' multi-process
-tests and the library's own.
+through a coordinator on ``127.0.0.1`` at a free port. The one launcher of the repository:
+used by every example's multi-process test and by the library's own (whose small worker
+scripts take ``PROCESS_ID PORT`` as positional arguments; see ``process_args``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,21 +46,32 @@ class Result:
 
 
 def distributed_flags(process_id: int, num_processes: int, port: int) -> list[str]:
+    """The examples' flags: ``--coordinator_address --num_processes --process_id``."""
     return [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
             f"--process_id={process_id}"]
 
 
+def positional_args(process_id: int, num_processes: int, port: int) -> list[str]:
+    """``PROCESS_ID PORT``, as the library tests' worker scripts take them."""
+    return [str(process_id), str(port)]
+
+
+ProcessArgs = Callable[[int, int, int], Sequence[str]]  # (process_id, num_processes, port)
+
+
 def start(argv: Sequence[str], num_processes: int, devices_per_process: int, log_dir: Path,
-          port: int | None = None, **extra_env: str) -> list[subprocess.Popen]:
-    """Starts ``python argv... --coordinator_address=... --num_processes --process_id`` once
-    per process; each writes its output to ``log_dir/process_<i>.log``."""
+          port: int | None = None, process_args: ProcessArgs = distributed_flags,
+          **extra_env: str) -> list[subprocess.Popen]:
+    """Starts ``python argv... process_args(i, num_processes, port)`` once per process (by
+    default the examples' distributed flags); each writes its output to
+    ``log_dir/process_<i>.log``."""
     port = port or free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     procs = []
     for i in range(num_processes):
         log = open(log_dir / f"process_{i}.log", "w")  # closed when the child has it
         procs.append(subprocess.Popen(
-            [sys.executable, *argv, *distributed_flags(i, num_processes, port)],
+            [sys.executable, *argv, *process_args(i, num_processes, port)],
             cwd=REPO, env=cpu_env(devices_per_process, **extra_env), stdout=log,
             stderr=subprocess.STDOUT, text=True))
         log.close()
@@ -84,20 +96,23 @@ def wait(procs: Sequence[subprocess.Popen], log_dir: Path, timeout: float) -> li
 
 
 def run(argv: Sequence[str], num_processes: int, devices_per_process: int, log_dir: Path,
-        timeout: float = 300, **extra_env: str) -> list[Result]:
+        timeout: float = 300, process_args: ProcessArgs = distributed_flags,
+        **extra_env: str) -> list[Result]:
     """:func:`start`, then :func:`wait`."""
-    procs = start(argv, num_processes, devices_per_process, log_dir, **extra_env)
+    procs = start(argv, num_processes, devices_per_process, log_dir,
+                  process_args=process_args, **extra_env)
     return wait(procs, log_dir, timeout)
 
 
 def run_single(argv: Sequence[str], devices: int, log_dir: Path,
-               timeout: float = 300) -> Result:
+               timeout: float = 300, **extra_env: str) -> Result:
     """``python argv...`` as one plain process (no distributed flags) with ``devices``
     simulated CPU devices: the reference a multi-process run is compared with."""
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / "single.log", "w") as log:
-        p = subprocess.Popen([sys.executable, *argv], cwd=REPO, env=cpu_env(devices),
-                             stdout=log, stderr=subprocess.STDOUT, text=True)
+        p = subprocess.Popen([sys.executable, *argv], cwd=REPO,
+                             env=cpu_env(devices, **extra_env), stdout=log,
+                             stderr=subprocess.STDOUT, text=True)
     try:
         p.wait(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -4,7 +4,6 @@ references; checkpoint/resume; data parallel; the plain JAX baseline is the same
 import functools
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from examples.gan import input_pipeline, quality, runs, sample, train, train_cla
 from examples.gan import plain_jax_baseline as baseline
 from flaxen import metrics
 from flaxen.training import checkpoints
+from tests import multiprocess_util as mp
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -239,41 +239,21 @@ def test_config_file_names_the_run(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text()) == {"seed": 0}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(_fashion_mnist() is None, reason="apt-get install dataset-fashion-mnist")
 def test_two_processes_train_like_one(tmp_path):
     """train.py over 2 processes x 2 CPU devices gives the parameters of a 1-device run."""
     data_dir = str(input_pipeline.find_data_dir("fashion_mnist", None))
-    common = [sys.executable, str(REPO / "examples/gan/train.py"), f"--data_dir={data_dir}",
+    common = ["examples/gan/train.py", f"--data_dir={data_dir}",
               "--num_train_examples=128", "--num_epochs=1", "--g_features=8",
               "--d_features=8", "--classifier_dir=", "--noprogress"]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["PYTHONPATH"] = str(REPO)
-    single = subprocess.run(common + [f"--output_dir={tmp_path / 'one'}"], env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert single.returncode == 0, single.stderr[-3000:]
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-    port = _free_port()
-    procs = [subprocess.Popen(common + [f"--output_dir={tmp_path / 'two'}",
-                                        f"--coordinator_address=localhost:{port}",
-                                        "--num_processes=2", f"--process_id={i}"],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for i in range(2)]
-    try:
-        outs = [p.communicate(timeout=600)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for i, (p, out) in enumerate(zip(procs, outs)):
-        assert p.returncode == 0, f"process {i}:\n{out[-3000:]}"
-    assert "4 devices in all" in outs[0]
+    single = mp.run_single(common + [f"--output_dir={tmp_path / 'one'}"], 1,
+                           tmp_path / "logs", timeout=600)
+    mp.check_all_ok([single])
+    results = mp.run(common + [f"--output_dir={tmp_path / 'two'}"], 2, 2, tmp_path / "logs",
+                     timeout=600)
+    mp.check_all_ok(results)
+    assert "4 devices in all" in results[0].output
     one = checkpoints.restore_checkpoint(tmp_path / "one" / "checkpoints", None)
     two = checkpoints.restore_checkpoint(tmp_path / "two" / "checkpoints", None)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), one, two)

@@ -3,7 +3,6 @@ bit-exact resume, data parallel, the command line, and (slow) two processes."""
 
 import gzip
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 from examples.vae import input_pipeline, train
 from flaxen import metrics
+from tests import multiprocess_util as mp
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -228,12 +228,6 @@ def test_command_line_errors_are_one_clean_line(tmp_path):
     assert bad.returncode == 2 and "Error: --num_processes and --process_id need" in bad.stderr
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path):
     """2 processes x 2 CPU devices (gloo collectives on 127.0.0.1) give the parameters of
@@ -242,26 +236,12 @@ def test_two_processes_train_like_one(tmp_path):
     write_idx_folder(data)
     common = [f"--data_dir={data}", "--num_epochs=1", "--batch_size=64", "--iwae_samples=4",
               "--noprogress"]
-    port = _free_port()
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    cmd = [sys.executable, str(REPO / "examples/vae/train.py"), *common,
-           f"--output_dir={tmp_path / 'multi'}", f"--coordinator_address=127.0.0.1:{port}",
-           "--num_processes=2"]
-    procs = [subprocess.Popen(cmd + [f"--process_id={i}"], cwd=REPO, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              env={**os.environ, "PYTHONPATH": str(REPO), **env})
-             for i in range(2)]
-    try:
-        outs = [p.communicate(timeout=300)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for i, (p, out) in enumerate(zip(procs, outs)):
-        assert p.returncode == 0, f"process {i} failed:\n{out[-3000:]}"
-    single = run_cli(*common, f"--output_dir={tmp_path / 'single'}",
-                     env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
-    assert single.returncode == 0, single.stderr[-3000:]
+    train_py = "examples/vae/train.py"
+    mp.check_all_ok(mp.run([train_py, *common, f"--output_dir={tmp_path / 'multi'}"], 2, 2,
+                           tmp_path / "logs", timeout=300))
+    single = mp.run_single([train_py, *common, f"--output_dir={tmp_path / 'single'}"], 4,
+                           tmp_path / "logs", timeout=300)
+    mp.check_all_ok([single])
     multi_model = train.load_model(str(tmp_path / "multi"))
     single_model = train.load_model(str(tmp_path / "single"))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
