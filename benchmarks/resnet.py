@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -146,7 +147,7 @@ def run(quick: bool, peers: bool = True) -> list[Row]:
         rows.append(Row(bench, n, "peak memory (step)", "MiB",
                         None if b is None else b / 2**20,
                         ratio=b / base if b is not None and base else None))
-    fns = {n: functools.partial(init, n) for n in setups}
+    fns: dict[str, Callable[[], Any]] = {n: functools.partial(init, n) for n in setups}
     if "flaxen" in setups:
         from flaxen import nn
 
