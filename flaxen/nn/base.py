@@ -342,6 +342,10 @@ class Module:
                       name: str | None = None, **kwargs: Any) -> tuple[Any, Params]:
         """Like ``init`` but from input shapes, spending no FLOPs on the inputs.
 
+        The first call traces ``apply`` and compiles the initializers (seconds for a large
+        model); a later call with the same module, shapes and arguments reuses that
+        program and only runs the initializers (``flaxen.nn.init_cache``).
+
         Args:
           _rng: the PRNG key for the initializers.
           input_specs: one entry per leading input of ``apply``: ``(shape, dtype)``, a
