@@ -403,7 +403,7 @@ class Module:
                 state._state.setdefault(path, value)
         for k, c in passed.items():
             c._state.update(_join_arrays(arrays[k], static_out[k]))
-        return out_shapes[0], params
+        return out_shapes[-1], params  # the latest trace (jit retraces if config changed)
 
     @classmethod
     def call(cls, params: Params, *args: Any, name: str | None = None,
