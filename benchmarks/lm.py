@@ -158,10 +158,10 @@ def _nano_flaxen(layers: int, steps_per_call: int) -> Any:
     rng = jax.random.PRNGKey(1)
     cell: list[Any] = [optimizer, 0]
 
-    def run(n: int) -> None:
+    def run(n: int) -> None:  # n blocks of STEPS_PER_CALL steps
         opt, step = cell
         m = None
-        for _ in range(-(-n // steps_per_call)):  # whole calls covering n steps
+        for _ in range(n * STEPS_PER_CALL // steps_per_call):
             batches = [input_pipeline.train_batch(stream, NANO_BATCH, NANO_CONTEXT, 0, s)
                        for s in range(step, step + steps_per_call)]
             if steps_per_call == 1:
@@ -195,8 +195,8 @@ def _nano_torch(layers: int) -> Any:
     data = (np.arange(20_000) * 7 % NANO_VOCAB).astype(np.uint16)
     it = [0]
 
-    def run(n: int) -> None:
-        for _ in range(n):
+    def run(n: int) -> None:  # n blocks of STEPS_PER_CALL steps
+        for _ in range(n * STEPS_PER_CALL):
             for g in opt.param_groups:
                 g["lr"] = ng.lr_at(it[0], a)
             x, y = ng.get_batch(data, NANO_BATCH, NANO_CONTEXT)
@@ -229,8 +229,12 @@ def nanogpt_config_rows(quick: bool) -> list[Row]:
         rows.append(Row(bench, "nanoGPT (PyTorch re-impl.)", "step time", "ms", None,
                         note=f"skipped: {e}"))
     cpu: dict[str, list[float]] = {}
-    times = interleaved(runs, repeats=3 if quick else 9, target_s=0.3 if quick else 2.0,
-                        warmup=1, baseline=NANO_BASELINE, cpu=cpu)
+    # Every run(n) makes n blocks of STEPS_PER_CALL steps (one scanned call, or that many
+    # single steps), so that all three do the same number of steps; times are per step.
+    blocks = interleaved(runs, repeats=3 if quick else 9, target_s=0.3 if quick else 2.0,
+                         warmup=1, baseline=NANO_BASELINE, cpu=cpu)
+    times = {k: [t / STEPS_PER_CALL for t in v] for k, v in blocks.items()}
+    cpu = {k: [t / STEPS_PER_CALL for t in v] for k, v in cpu.items()}
     return (rows_from_times(bench, times, NANO_BASELINE, unit="ms",
                             throughput_items=NANO_BATCH * NANO_CONTEXT,
                             throughput_unit="tokens/s")

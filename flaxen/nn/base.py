@@ -381,6 +381,10 @@ class Module:
                       name: str | None = None, **kwargs: Any) -> tuple[Any, Params]:
         """Like ``init`` but from input shapes, spending no FLOPs on the inputs.
 
+        The first call traces ``apply`` and compiles the initializers (seconds for a large
+        model); a later call with the same module, shapes and arguments reuses that
+        program and only runs the initializers (``flaxen.nn.init_cache``).
+
         Args:
           _rng: the PRNG key for the initializers.
           input_specs: one entry per leading input of ``apply``: ``(shape, dtype)``, a
@@ -438,7 +442,7 @@ class Module:
                 state._state.setdefault(path, value)
         for k, c in passed.items():
             c._state.update(_join_arrays(arrays[k], static_out[k]))
-        return out_shapes[0], params
+        return out_shapes[-1], params  # the latest trace (jit retraces if config changed)
 
     @classmethod
     def call(cls, params: Params, *args: Any, name: str | None = None,
