@@ -81,6 +81,15 @@ def shard_optimizer(optimizer: Any, mesh: Mesh, rules: sharding.Rules) -> Any:
     return jax.device_put(optimizer, optimizer_shardings(optimizer, mesh, rules))
 
 
+def constrain(optimizer: Any, mesh: Mesh, rules: sharding.Rules) -> Any:
+    """Inside ``jax.jit``: ``optimizer`` pinned to the rules' layout
+    (``jax.lax.with_sharding_constraint``), so the step's outputs keep it even where XLA's
+    own propagation would pick another (e.g. an optimizer created or rebuilt inside the
+    step)."""
+    return jax.lax.with_sharding_constraint(optimizer,
+                                            optimizer_shardings(optimizer, mesh, rules))
+
+
 def create_sharded(create_fn: Callable[[], Any], mesh: Mesh, rules: sharding.Rules) -> Any:
     """Runs ``create_fn()`` (which builds an Optimizer) directly into its shards.
 
