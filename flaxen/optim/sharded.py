@@ -13,7 +13,7 @@ Example:
     >>> opt = optim.Adam(1e-3).create({"w": jnp.ones((16, 4))})
     >>> opt = opt.shard(sharding.make_mesh(data=8), sharding.fully_sharded())
     >>> opt.state.param_states[0].mu["w"].sharding.spec
-    PartitionSpec('batch', None)
+    P('batch', None)
 """
 
 from __future__ import annotations
