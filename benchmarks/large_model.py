@@ -3,9 +3,9 @@ compile times and remat memory. The figures in examples/lm1b/README.md come from
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m benchmarks.large_model
 
-Prints one JSON object (and each part on stderr as it completes). Timings are trace + lower (``jax.jit(step).lower``) and compile
-(``.compile()``) of one training step (forward, backward, Adam), best of ``--repeats``, each
-in a fresh process state (caches cleared).
+Prints one JSON object (and each part on stderr as it completes). Timings are trace + lower
+(``jax.jit(step).lower``) and compile (``.compile()``) of one training step (forward,
+backward, Adam), best of ``--repeats``, with JAX's caches cleared before each.
 """
 
 from __future__ import annotations
