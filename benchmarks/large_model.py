@@ -3,9 +3,9 @@ compile times and remat memory. The figures in examples/lm1b/README.md come from
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m benchmarks.large_model
 
-Prints one JSON object. Timings are trace + lower (``jax.jit(step).lower``) and compile
-(``.compile()``) of one training step (forward, backward, Adam), best of ``--repeats``, each
-in a fresh process state (caches cleared).
+Prints one JSON object (and each part on stderr as it completes). Timings are trace + lower
+(``jax.jit(step).lower``) and compile (``.compile()``) of one training step (forward,
+backward, Adam), best of ``--repeats``, with JAX's caches cleared before each.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import argparse  # noqa: E402
 import collections  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -88,7 +89,9 @@ def remat_temp_bytes(num_layers: int = 24) -> dict[str, int]:
         config = lm_config(num_layers, True, remat, emb=128, length=128)
         opt = jax.eval_shape(lambda config=config: create(config))
         compiled = jax.jit(train_step).lower(opt, batch).compile()
-        out["remat" if remat else "no_remat"] = int(compiled.memory_analysis().temp_size_in_bytes)
+        analysis = compiled.memory_analysis()
+        assert analysis is not None, "this backend reports no memory analysis"
+        out["remat" if remat else "no_remat"] = int(analysis.temp_size_in_bytes)
     return out
 
 
@@ -146,11 +149,18 @@ def main() -> None:
     result: dict[str, Any] = {"devices": jax.device_count(), "jax": jax.__version__}
     if args.only in (None, "sharded"):
         result["sharded"] = sharded_runs()
+        print(json.dumps({"sharded": result["sharded"]}), file=sys.stderr, flush=True)
     if args.only in (None, "remat"):
         result["remat_temp_bytes_24_layers"] = remat_temp_bytes()
+        print(json.dumps({"remat": result["remat_temp_bytes_24_layers"]}), file=sys.stderr,
+              flush=True)
     if args.only in (None, "compile"):
-        times = {f"{n} layers {'scanned' if scan else 'unscanned'}":
-                 compile_times(n, scan, args.repeats) for scan in (True, False) for n in (2, 24)}
+        times = {}
+        for scan in (True, False):
+            for n in (2, 24):
+                key = f"{n} layers {'scanned' if scan else 'unscanned'}"
+                times[key] = compile_times(n, scan, args.repeats)
+                print(json.dumps({key: times[key]}), file=sys.stderr, flush=True)
         result["compile"] = times
         for kind in ("scanned", "unscanned"):
             result[f"ratio_24_over_2_{kind}"] = round(

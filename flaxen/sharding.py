@@ -22,8 +22,8 @@ Example:
     >>> mesh = sharding.make_mesh(data=8)
     >>> params = {"Dense_0": {"kernel": jnp.ones((16, 4)), "bias": jnp.ones(4)}}
     >>> specs = sharding.param_specs(params, mesh, sharding.fully_sharded())
-    >>> specs["Dense_0"]["kernel"], specs["Dense_0"]["bias"]
-    (PartitionSpec('batch', None), PartitionSpec())
+    >>> specs["Dense_0"]
+    {'bias': P(), 'kernel': P('batch', None)}
 """
 
 from __future__ import annotations

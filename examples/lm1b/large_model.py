@@ -12,6 +12,7 @@ the optimizer; batches are split with ``parallel.shard_batch(batch, mesh)``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -76,7 +77,12 @@ def mesh(args: Any) -> Mesh:
     """
     if args.mesh_model == 1 and args.sharding == "replicated":
         return parallel.default_mesh()
-    return sharding.make_mesh(model=args.mesh_model)
+    return _mesh(args.mesh_model)
+
+
+@functools.lru_cache(maxsize=4)
+def _mesh(model: int) -> Mesh:
+    return sharding.make_mesh(model=model)  # one object per shape: called every step
 
 
 def rules(args: Any) -> sharding.Rules:

@@ -22,8 +22,8 @@ Example:
     ...     def apply(self, x):
     ...         return nn.ScanLayers(x, block=Block, num_layers=3, name="blocks")
     >>> _, params = Net.init(jax.random.PRNGKey(0), jnp.ones((2, 4)))
-    >>> params["blocks"]["Dense_0"]["kernel"].shape
-    (3, 4, 4)
+    >>> jax.tree.map(jnp.shape, params)
+    {'blocks': {'Dense_0': {'bias': (3, 4), 'kernel': (3, 4, 4)}}}
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Example:
     >>> opt = optim.Adam(1e-3).create({"w": jnp.ones((16, 4))})
     >>> opt = opt.shard(sharding.make_mesh(data=8), sharding.fully_sharded())
     >>> opt.state.param_states[0].mu["w"].sharding.spec
-    PartitionSpec('batch', None)
+    P('batch', None)
 """
 
 from __future__ import annotations
@@ -79,6 +79,15 @@ def optimizer_shardings(optimizer: Any, mesh: Mesh, rules: sharding.Rules) -> An
 def shard_optimizer(optimizer: Any, mesh: Mesh, rules: sharding.Rules) -> Any:
     """``optimizer`` with every array placed on ``mesh`` as ``rules`` say."""
     return jax.device_put(optimizer, optimizer_shardings(optimizer, mesh, rules))
+
+
+def constrain(optimizer: Any, mesh: Mesh, rules: sharding.Rules) -> Any:
+    """Inside ``jax.jit``: ``optimizer`` pinned to the rules' layout
+    (``jax.lax.with_sharding_constraint``), so the step's outputs keep it even where XLA's
+    own propagation would pick another (e.g. an optimizer created or rebuilt inside the
+    step)."""
+    return jax.lax.with_sharding_constraint(optimizer,
+                                            optimizer_shardings(optimizer, mesh, rules))
 
 
 def create_sharded(create_fn: Callable[[], Any], mesh: Mesh, rules: sharding.Rules) -> Any:

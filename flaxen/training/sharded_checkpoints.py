@@ -20,7 +20,7 @@ Example:
     >>> back = sharded_checkpoints.restore_sharded(
     ...     ckpt, opt, mesh=sharding.make_mesh(4), rules=sharding.fully_sharded())
     >>> back.target["w"].sharding.spec
-    PartitionSpec('batch', None)
+    P('batch', None)
 """
 
 from __future__ import annotations

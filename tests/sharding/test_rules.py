@@ -147,3 +147,19 @@ def test_create_sharded_never_builds_a_full_copy_and_equals_shard(lm_params):
     for a, b in zip(jax.tree.leaves(direct), jax.tree.leaves(placed)):
         assert a.sharding.is_equivalent_to(b.sharding, a.ndim)
         np.testing.assert_array_equal(a, b)
+
+
+def test_constrain_pins_the_layout_inside_jit(lm_params):
+    mesh = sharding.make_mesh(8)
+    rules = sharding.fully_sharded()
+
+    @jax.jit
+    def create():
+        opt = optim.Adam(1e-3).create(nn.Model(nn.Module, lm_params))
+        return sharded.constrain(opt, mesh, rules)
+
+    out = create()
+    want = sharded.optimizer_shardings(out, mesh, rules)
+    for x, s in zip(jax.tree.leaves(out), jax.tree.leaves(want)):
+        assert x.sharding.is_equivalent_to(s, x.ndim)
+    assert not out.target.params["embed"]["embedding"].sharding.is_fully_replicated

@@ -108,3 +108,26 @@ def test_stack_layers_refuses_gaps_and_different_shapes():
 def test_remat_is_refused_without_scan():
     with pytest.raises(errors.FlaxenError, match="remat=True needs scan_layers=True"):
         config(2, scan=False, remat=True)
+
+
+def test_remat_lowers_the_compiled_steps_temporary_memory():
+    from tests.sharding.lm import train_step
+
+    def temp_bytes(remat: bool) -> int:
+        cfg = models.LMConfig(vocab_size=64, emb_dim=64, num_heads=8, num_layers=4,
+                              mlp_dim=128, max_len=64, scan_layers=True, remat=remat)
+        module = models.TransformerLM.partial(config=cfg)
+
+        def create():
+            from flaxen import optim
+
+            _, params = module.init_by_shape(jax.random.PRNGKey(0), [((1, 64), jnp.int32)])
+            return optim.Adam(1e-3).create(nn.Model(module, params))
+
+        opt = jax.eval_shape(create)
+        batch = jax.ShapeDtypeStruct((16, 65), jnp.int32)
+        analysis = jax.jit(train_step).lower(opt, batch).compile().memory_analysis()
+        return int(analysis.temp_size_in_bytes)
+
+    plain, remat = temp_bytes(False), temp_bytes(True)
+    assert remat < 0.8 * plain, (plain, remat)
