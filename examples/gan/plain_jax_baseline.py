@@ -39,7 +39,7 @@ def define_flags():
     flags.DEFINE_float('learning_rate', 2e-4, 'Adam learning rate.')
     flags.DEFINE_float('beta1', 0.5, 'Adam beta1.')
     flags.DEFINE_integer('batch_size', 64, 'Batch size.')
-    flags.DEFINE_integer('num_epochs', 5, 'Number of epochs.')
+    flags.DEFINE_integer('num_epochs', 10, 'Number of epochs.')
     flags.DEFINE_integer('g_features', 32, 'Generator width.')
     flags.DEFINE_integer('d_features', 32, 'Discriminator width.')
     flags.DEFINE_string('dataset', 'fashion_mnist', 'fashion_mnist or mnist.')
@@ -57,8 +57,8 @@ def init_params(key, g_features=32, d_features=32):
     f = g_features
     bn = lambda n: {'scale': jnp.ones(n), 'bias': jnp.zeros(n)}  # noqa: E731
     g = {'dense': lecun(k[0], (LATENT_DIM, 7 * 7 * 2 * f)), 'bn1': bn(7 * 7 * 2 * f),
-         'ct1': lecun(k[1], (4, 4, 2 * f, f)), 'bn2': bn(f),
-         'ct2': {'w': lecun(k[2], (4, 4, f, 1)), 'b': jnp.zeros(1)}}
+         'up1': lecun(k[1], (3, 3, 2 * f, 4 * f)), 'bn2': bn(f),
+         'up2': {'w': lecun(k[2], (3, 3, f, 4)), 'b': jnp.zeros(4)}}
     g_state = {name: {'mean': jnp.zeros(n), 'var': jnp.ones(n)}
                for name, n in (('bn1', 7 * 7 * 2 * f), ('bn2', f))}
     f = d_features
@@ -87,14 +87,26 @@ def batch_norm(x, p, s, train, momentum=0.9, eps=1e-5):
     return x * last_axis(mul, x.ndim) + last_axis(p['bias'] - mean * mul, x.ndim), s
 
 
+def subpixel_upsample(x, w):
+    """A 3x3 convolution with ``w`` (skipped if None) to ``4 * c`` channels, then each
+    2x2 output cell takes its four pixels from the four channel blocks."""
+    if w is not None:
+        x = lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=_DN)
+    b, h, wd, c4 = x.shape
+    x = x.reshape((b, h, wd, 2, 2, c4 // 4)).transpose((0, 1, 3, 2, 4, 5))
+    return x.reshape((b, 2 * h, 2 * wd, c4 // 4))
+
+
 def generator(g, g_state, z, train=True):
     """``(images (B, 28, 28, 1) in [-1, 1], new_state)``."""
     x, s1 = batch_norm(z @ g['dense'], g['bn1'], g_state['bn1'], train)
     x = jax.nn.relu(x).reshape((z.shape[0], 7, 7, -1))
-    x = lax.conv_transpose(x, g['ct1'], (2, 2), 'SAME', dimension_numbers=_DN)
+    x = subpixel_upsample(x, g['up1'])
     x, s2 = batch_norm(x, g['bn2'], g_state['bn2'], train)
-    x = lax.conv_transpose(jax.nn.relu(x), g['ct2']['w'], (2, 2), 'SAME', dimension_numbers=_DN)
-    return jnp.tanh(x + last_axis(g['ct2']['b'], 4)), {'bn1': s1, 'bn2': s2}
+    x = lax.conv_general_dilated(jax.nn.relu(x), g['up2']['w'], (1, 1), 'SAME',
+                                 dimension_numbers=_DN)
+    x = subpixel_upsample(x + last_axis(g['up2']['b'], 4), None)
+    return jnp.tanh(x), {'bn1': s1, 'bn2': s2}
 
 
 def discriminator(d, x):

@@ -48,7 +48,7 @@ def define_flags():
     flags.DEFINE_float('learning_rate', 2e-4, 'Adam learning rate of both networks.')
     flags.DEFINE_float('beta1', 0.5, 'Adam beta1 of both networks (0.5, as in the DCGAN paper).')
     flags.DEFINE_integer('batch_size', 64, 'Global batch size (real images per step).')
-    flags.DEFINE_integer('num_epochs', 5, 'Number of training epochs.')
+    flags.DEFINE_integer('num_epochs', 10, 'Number of training epochs.')
     flags.DEFINE_integer('g_features', 32, 'Width of the generator (its last hidden layer).')
     flags.DEFINE_integer('d_features', 32, 'Width of the discriminator (its first layer).')
     flags.DEFINE_enum('dataset', 'fashion_mnist', ['fashion_mnist', 'mnist'], 'The data set.')

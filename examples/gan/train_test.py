@@ -101,8 +101,8 @@ def test_statistics_from_batch_sums_match_numpy():
 def test_train_steps_update_both_networks_and_the_batchnorm_state():
     train_ds, _ = small_datasets()
     generator, g_state, discriminator = train.create_models(jax.random.PRNGKey(0), 8, 8)
-    assert set(generator.params) == {"Dense_0", "BatchNorm_1", "ConvTranspose_2",
-                                     "BatchNorm_3", "ConvTranspose_4"}
+    assert set(generator.params) == {"Dense_0", "BatchNorm_1", "Conv_2",
+                                     "BatchNorm_3", "Conv_4"}
     g_opt, d_opt = train.create_optimizers(generator, discriminator, 2e-4, 0.5)
     g0, d0, s0 = jax.device_get((generator.params, discriminator.params, g_state))
     rng = np.random.RandomState(0)
@@ -130,8 +130,8 @@ def baseline_params(generator, g_state, discriminator):
     bn = lambda p: {"scale": p["scale"], "bias": p["bias"]}  # noqa: E731
     stats = lambda s: {"mean": s["mean"], "var": s["var"]}  # noqa: E731
     return ({"dense": g["Dense_0"]["kernel"], "bn1": bn(g["BatchNorm_1"]),
-             "ct1": g["ConvTranspose_2"]["kernel"], "bn2": bn(g["BatchNorm_3"]),
-             "ct2": {"w": g["ConvTranspose_4"]["kernel"], "b": g["ConvTranspose_4"]["bias"]}},
+             "up1": g["Conv_2"]["kernel"], "bn2": bn(g["BatchNorm_3"]),
+             "up2": {"w": g["Conv_4"]["kernel"], "b": g["Conv_4"]["bias"]}},
             {"bn1": stats(g_state["/BatchNorm_1"]), "bn2": stats(g_state["/BatchNorm_3"])},
             {"conv1": {"w": d["Conv_0"]["kernel"], "b": d["Conv_0"]["bias"]},
              "conv2": {"w": d["Conv_1"]["kernel"], "b": d["Conv_1"]["bias"]},
