@@ -116,7 +116,7 @@ def test_replicated_model_for_evaluation(rng):
 def test_shard_batch_errors():
     with pytest.raises(errors.BatchShardingError, match=r"leading dimension is 12.*8 devices"):
         parallel.shard_batch({"image": jnp.ones((12, 2))})
-    with pytest.raises(errors.BatchShardingError, match=r"\['label'\]"):
+    with pytest.raises(errors.BatchShardingError, match=r'at "label"'):
         parallel.shard_batch({"image": jnp.ones((16, 2)), "label": jnp.ones((10,))})
     with pytest.raises(errors.ReplicationError, match="scalar"):
         parallel.shard_batch({"n": jnp.ones(())})
