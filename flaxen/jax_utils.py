@@ -81,7 +81,7 @@ def replicate(tree: Any, devices: Sequence[jax.Device] | None = None) -> Any:
             f"jax_utils.replicate: expected `devices` to be a non-empty list of jax devices "
             f"(default jax.local_devices()), got {devices!r}. For jit over a Mesh use "
             "`flaxen.parallel.replicate(tree, mesh)` instead.")
-    sharding = NamedSharding(parallel.mesh_of(devices, _DEVICE_AXIS), P(_DEVICE_AXIS))
+    sharding = NamedSharding(Mesh(np.array(devices), (_DEVICE_AXIS,)), P(_DEVICE_AXIS))
 
     def one(path: Any, x: Any) -> jax.Array:
         if is_stacked(x):
@@ -274,7 +274,7 @@ def _to_front(x: Any, axes: tuple[int, ...]) -> Any:
 
 def _from_front(x: Any, axes: tuple[int, ...]) -> Any:
     rest = [d for d in range(x.ndim) if d not in axes]
-    return jnp.transpose(x, np.argsort(axes + tuple(rest)))
+    return jnp.transpose(x, [int(i) for i in np.argsort(axes + tuple(rest))])
 
 
 def scan_in_dim(body_fn: Callable[[Any, Any], tuple[Any, Any]], init: Any, xs: Any,
