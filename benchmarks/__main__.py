@@ -59,9 +59,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(harness.Row(name, "-", "-", "", None, note="CRASHED, see log"))
         print(f"   {time.perf_counter() - start:.0f} s, load {harness.load()[0]:.2f}",
               file=sys.stderr, flush=True)
-    meta["load_after"] = harness.load()
-    meta["failed"] = failed
-    paths = harness.write(rows, meta, args.out, "quick" if args.quick else "full")
+        # Written after every benchmark, so an interrupted run keeps what it measured.
+        meta["load_after"] = harness.load()
+        meta["failed"] = failed
+        paths = harness.write(rows, meta, args.out, "quick" if args.quick else "full")
     print(harness.markdown(rows, meta))
     print("wrote " + " and ".join(paths), file=sys.stderr)
     if failed:

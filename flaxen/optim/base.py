@@ -264,7 +264,8 @@ class Optimizer:
         target: the parameters, usually an ``nn.Model``.
     """
 
-    optimizer_def: OptimizerDef = struct.field(pytree_node=False)
+    # pytree_node=False: serialization leaves the definition out of state dicts.
+    optimizer_def: OptimizerDef = dataclasses.field(metadata={"pytree_node": False})
     state: OptimizerState
     target: Any
 

@@ -109,7 +109,8 @@ def check_gradient_structure(target: Any, grads: Any) -> None:
     """Raises ``GradientStructureError`` naming the first path where grads differ."""
     t_leaves, t_def = jax.tree.flatten(target)
     g_leaves, g_def = jax.tree.flatten(grads)
-    if t_def == g_def and all(np.shape(t) == np.shape(g) for t, g in zip(t_leaves, g_leaves)):
+    same = bool(t_def == g_def)  # type: ignore[operator]
+    if same and all(np.shape(t) == np.shape(g) for t, g in zip(t_leaves, g_leaves)):
         return
     t_flat, _ = jax.tree_util.tree_flatten_with_path(target)
     g_flat, _ = jax.tree_util.tree_flatten_with_path(grads)
