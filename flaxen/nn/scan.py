@@ -92,6 +92,18 @@ class ScanLayers(Module):
 
         if remat:
             body = jax.checkpoint(body)
+        # A scan needs each block to return its input's shape and dtype; say so in flaxen's
+        # words rather than lax.scan's.
+        first = jax.tree.map(lambda v: v[0], params)
+        out = jax.eval_shape(lambda p, c: body(c, (p, jnp.zeros((), jnp.int32)))[0], first, x)
+        want = jax.tree.map(lambda v: (jnp.shape(v), jnp.result_type(v)), x)
+        got = jax.tree.map(lambda v: (v.shape, v.dtype), out)
+        if want != got:
+            raise LayerArgumentError(path, "block", "a block whose output has its input's "
+                                     f"shape and dtype {want}", f"output {got}",
+                                     "Make the block return the carry's shape and dtype "
+                                     "(e.g. cast its output, or pass inputs in the block's "
+                                     "dtype).")
         x, _ = jax.lax.scan(body, x, (params, jnp.arange(num_layers)))
         return x
 

@@ -26,7 +26,7 @@ class LayerCase:
     kwargs: dict = dataclasses.field(default_factory=dict)
     stateful: bool = False  # needs init_with_state / call_with_state (BatchNorm)
     stochastic: bool = False  # needs an rng at call time (dropout)
-    bf16: str = "dtype"  # "dtype": pass dtype=bfloat16; "input": cast float inputs
+    bf16: str = "dtype"  # "dtype": pass dtype=bfloat16; "input": cast float inputs; "both"
     vmap: bool = True
 
 
@@ -99,4 +99,7 @@ CASES = [
                            _normal((2, 3))(rng)[0])),
     LayerCase("GRUCell", nn.GRUCell, _normal((2, 4), (2, 3))),
     LayerCase("RNN", nn.RNN, _normal((2, 4, 3)), {"hidden_size": 4, "cell": nn.LSTMCell}),
+    LayerCase("ScanLayers", nn.ScanLayers, _normal((2, 4)),
+              {"block": nn.Dense.partial(features=4), "num_layers": 3},
+              bf16="both"),  # a scan's carry keeps its dtype: bfloat16 blocks and inputs
 ]

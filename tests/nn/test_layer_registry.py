@@ -152,12 +152,13 @@ def test_grad_is_finite_and_nonzero(case):
 def test_bfloat16_compute(case):
     """bfloat16 outputs close to float32 ones; the params stay float32."""
     layer = initialized(case)
-    if case.bf16 == "dtype":
+    inp16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16) if _floating(a) else a,
+                         layer.inputs)
+    if case.bf16 in ("dtype", "both"):
+        inputs = inp16 if case.bf16 == "both" else layer.inputs
         out16 = jax.jit(lambda p, s, x, r: _call(case, p, s, x, r, dtype=jnp.bfloat16))(
-            layer.params, layer.state, layer.inputs, KEY)
+            layer.params, layer.state, inputs, KEY)
     else:
-        inp16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16) if _floating(a) else a,
-                             layer.inputs)
         out16 = layer.call(layer.params, layer.state, inp16, KEY)
     out32 = layer.call(layer.params, layer.state, layer.inputs, KEY)
     for o16, o32 in zip(jax.tree.leaves(out16), jax.tree.leaves(out32), strict=True):

@@ -131,3 +131,9 @@ def test_remat_lowers_the_compiled_steps_temporary_memory():
 
     plain, remat = temp_bytes(False), temp_bytes(True)
     assert remat < 0.8 * plain, (plain, remat)
+
+
+def test_a_block_that_changes_the_carry_dtype_is_a_clear_error():
+    block = nn.Dense.partial(features=4, dtype=jnp.bfloat16)
+    with pytest.raises(errors.LayerArgumentError, match=r"ScanLayers.*input's shape and dtype.*bfloat16"):
+        nn.ScanLayers.init(jax.random.PRNGKey(0), jnp.ones((2, 4)), block=block, num_layers=2)
