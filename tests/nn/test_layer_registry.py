@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from flaxen import nn
-from flaxen.traverse_util import path_to_str
 from flaxen.training import checkpoints
+from flaxen.traverse_util import path_to_str
 from tests.nn.layer_registry import CASES
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"

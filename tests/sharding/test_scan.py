@@ -135,5 +135,6 @@ def test_remat_lowers_the_compiled_steps_temporary_memory():
 
 def test_a_block_that_changes_the_carry_dtype_is_a_clear_error():
     block = nn.Dense.partial(features=4, dtype=jnp.bfloat16)
-    with pytest.raises(errors.LayerArgumentError, match=r"ScanLayers.*input's shape and dtype.*bfloat16"):
+    with pytest.raises(errors.LayerArgumentError,
+                       match=r"ScanLayers.*input's shape and dtype.*bfloat16"):
         nn.ScanLayers.init(jax.random.PRNGKey(0), jnp.ones((2, 4)), block=block, num_layers=2)
