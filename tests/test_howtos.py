@@ -51,6 +51,13 @@ def write_small_idx_dir(mnist_t10k: Path, folder: Path, n_train: int = 512,
 
 
 @pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    """One JAX compilation cache for the module's subprocesses: runs of the same program
+    (the same HOWTO with other flags, a resumed run) load it instead of compiling again."""
+    return tmp_path_factory.mktemp("jax_cache")
+
+
+@pytest.fixture(scope="module")
 def digits(tmp_path_factory, request):
     """A folder of four small IDX files of real digits (512 train, 128 test)."""
     root = os.environ.get("FLAXEN_DATA")
@@ -65,7 +72,7 @@ def digits(tmp_path_factory, request):
 class Patched:
     """A copy of ``examples/`` and ``flaxen/`` with one HOWTO diff applied."""
 
-    def __init__(self, name: str, root: Path):
+    def __init__(self, name: str, root: Path, compile_cache: Path | None = None):
         if shutil.which("git") is None:
             pytest.skip("git is not installed")
         self.root = root
@@ -79,6 +86,9 @@ class Patched:
                                      f"python scripts/regen_howto.py {name}:\n{out.stderr}")
         self.env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PYTHONPATH")}
         self.env.update(PYTHONPATH=str(root), JAX_PLATFORMS="cpu")
+        if compile_cache is not None:
+            self.env.update(JAX_COMPILATION_CACHE_DIR=str(compile_cache),
+                            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
 
     def train(self, data: Path, out: Path, *flags: str, timeout: float = 300,
               env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -107,6 +117,12 @@ class Patched:
         return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.fixture
+def patched(tmp_path, compile_cache):
+    """``patched(name)``: a Patched copy in this test's temporary folder."""
+    return lambda name: Patched(name, tmp_path / "repo", compile_cache)
+
+
 def rows_of(out: Path) -> list[dict]:
     return metrics.read_jsonl(out / "metrics.jsonl")
 
@@ -128,8 +144,8 @@ def test_howto_applies(diff, tmp_path):
     Patched(diff.stem, tmp_path)
 
 
-def test_polyak_averaging_evaluates_the_average(tmp_path, digits):
-    ex = Patched("polyak_averaging", tmp_path / "repo")
+def test_polyak_averaging_evaluates_the_average(tmp_path, digits, patched):
+    ex = patched("polyak_averaging")
     result = ex.train(digits, tmp_path / "out")
     row = rows_of(tmp_path / "out")[0]
     assert "polyak eval epoch: 1" in result.stderr
@@ -139,8 +155,8 @@ def test_polyak_averaging_evaluates_the_average(tmp_path, digits):
     assert row["polyak_test_loss"] != row["test_loss"]
 
 
-def test_lr_schedule_follows_warmup_cosine_without_recompiling(tmp_path, digits):
-    ex = Patched("lr_schedule", tmp_path / "repo")
+def test_lr_schedule_follows_warmup_cosine_without_recompiling(tmp_path, digits, patched):
+    ex = patched("lr_schedule")
     result = ex.train(digits, tmp_path / "out", "--num_epochs=2", "--warmup_steps=5",
                       "--learning_rate=0.1", env={"JAX_LOG_COMPILES": "1"})
     rows = rows_of(tmp_path / "out")
@@ -178,8 +194,8 @@ print(json.dumps({'err': err, 'size': size, 'temp': {k: temp_bytes(k) for k in (
 """
 
 
-def test_grad_accum_equals_the_big_batch_gradient_in_less_memory(tmp_path, digits):
-    ex = Patched("grad_accum", tmp_path / "repo")
+def test_grad_accum_equals_the_big_batch_gradient_in_less_memory(tmp_path, digits, patched):
+    ex = patched("grad_accum")
     r = ex.python(GRAD_ACCUM_CHECK.replace("sys.argv[1]", repr(str(digits))))
     assert r["err"] <= 1e-6 * max(1.0, r["size"]), r  # float32 summation order only
     assert r["size"] > 1e-3  # a real gradient, not zeros
@@ -208,8 +224,8 @@ print(json.dumps({'diff': float(np.max(np.abs(f32 - bf16))), 'out_dtype': str(bf
 """
 
 
-def test_mixed_precision_bfloat16_and_float16_with_dynamic_scale(tmp_path, digits):
-    ex = Patched("mixed_precision", tmp_path / "repo")
+def test_mixed_precision_bfloat16_and_float16_with_dynamic_scale(tmp_path, digits, patched):
+    ex = patched("mixed_precision")
     r = ex.python(BFLOAT16_CHECK.replace("sys.argv[1]", repr(str(digits))))
     # bfloat16 compute changes the log-probabilities a little (8 mantissa bits), not much.
     assert 0 < r["diff"] < 0.1 and r["out_dtype"] == "float32", r
@@ -237,8 +253,8 @@ def test_mixed_precision_bfloat16_and_float16_with_dynamic_scale(tmp_path, digit
     assert rows[-1]["test_accuracy"] > 0.2, rows[-1]
 
 
-def test_ensemble_members_differ_and_each_learns(tmp_path, digits):
-    ex = Patched("ensemble", tmp_path / "repo")
+def test_ensemble_members_differ_and_each_learns(tmp_path, digits, patched):
+    ex = patched("ensemble")
     out = tmp_path / "out"
     ex.train(digits, out, "--ensemble_size=3")
     row = rows_of(out)[0]
@@ -285,8 +301,8 @@ print(json.dumps({'dropout_gap': float(jnp.max(jnp.abs(a - b))),
 """
 
 
-def test_dropout_and_batchnorm_state_and_randomness(tmp_path, digits):
-    ex = Patched("dropout_batchnorm", tmp_path / "repo")
+def test_dropout_and_batchnorm_state_and_randomness(tmp_path, digits, patched):
+    ex = patched("dropout_batchnorm")
     r = ex.python(DROPOUT_BN_CHECK.replace("sys.argv[1]", repr(str(digits))))
     assert r["dropout_gap"] > 0.01, r  # training: dropout draws from the key
     assert r["eval_gap"] == 0.0, r  # evaluation: deterministic, running statistics
@@ -317,8 +333,8 @@ def params_of(ex: Patched, ckpt_dir: Path, tmp_path: Path) -> tuple[dict, int]:
     return dict(np.load(npz)), info["step"]
 
 
-def test_preemption_sigterm_saves_and_resume_is_exact(tmp_path, digits):
-    ex = Patched("preemption", tmp_path / "repo")
+def test_preemption_sigterm_saves_and_resume_is_exact(tmp_path, digits, patched):
+    ex = patched("preemption")
     out = tmp_path / "preempted"
     log = tmp_path / "preempted.log"
     proc = ex.start(digits, out, log, "--num_epochs=100", "--checkpoint_every_steps=5")
@@ -350,8 +366,8 @@ def test_preemption_sigterm_saves_and_resume_is_exact(tmp_path, digits):
     assert [r["step"] for r in rows_of(out)] == list(range(1, epochs + 1))
 
 
-def test_early_stopping_keeps_the_best_checkpoint(tmp_path, digits):
-    ex = Patched("early_stopping", tmp_path / "repo")
+def test_early_stopping_keeps_the_best_checkpoint(tmp_path, digits, patched):
+    ex = patched("early_stopping")
     flags = ["--validation_examples=128", "--patience=2"]
     # A learning rate of 50 diverges: the validation accuracy stops improving, so it stops.
     for name, lr, epochs in (("diverging", 50, 10), ("learning", 0.1, 3)):
@@ -381,8 +397,8 @@ def test_early_stopping_keeps_the_best_checkpoint(tmp_path, digits):
         assert check[1] == pytest.approx(best, abs=1e-6), (check, best)
 
 
-def test_finetune_freezes_the_restored_convolutions(tmp_path, digits):
-    ex = Patched("finetune", tmp_path / "repo")
+def test_finetune_freezes_the_restored_convolutions(tmp_path, digits, patched):
+    ex = patched("finetune")
     ex.train(digits, tmp_path / "a")  # the other run: the seed's CNN
     ex.train(digits, tmp_path / "b", f"--finetune_from={tmp_path / 'a' / 'checkpoints'}",
              "--seed=1")
@@ -401,8 +417,8 @@ def test_finetune_freezes_the_restored_convolutions(tmp_path, digits):
     assert rows_of(tmp_path / "b")[0]["test_accuracy"] > 0.2
 
 
-def test_profiling_writes_a_trace_for_tensorboard(tmp_path, digits):
-    ex = Patched("profiling", tmp_path / "repo")
+def test_profiling_writes_a_trace_for_tensorboard(tmp_path, digits, patched):
+    ex = patched("profiling")
     out = tmp_path / "out"
     ex.train(digits, out, "--profile_steps=3")
     runs = list((out / "tensorboard" / "plugins" / "profile").iterdir())
