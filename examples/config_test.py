@@ -142,7 +142,7 @@ def run(example, *args, timeout=240):
 def flag_defaults(example):
     """The example's flat flags' defaults (its flags are defined in a fresh process)."""
     code = (f"import json, sys; from absl import flags; from examples.{example} import train; "
-            f"getattr(train, 'define_flags', getattr(train, '_define_flags', None))(); "
+            f"d = getattr(train, 'define_flags', getattr(train, '_define_flags', None)); d and d(); "
             f"flags.FLAGS(['x']); print(json.dumps(flags.FLAGS.flag_values_dict()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
@@ -150,7 +150,8 @@ def flag_defaults(example):
     return json.loads(out.stdout)
 
 
-@pytest.mark.parametrize("example, renames", [("vae", {}), ("imagenet", {"model.name": "model"})])
+@pytest.mark.parametrize("example, renames", [("vae", {}), ("imagenet", {"model.name": "model"}),
+                                               ("mnist", {})])
 def test_default_config_files_equal_the_flag_defaults(example, renames):
     spec = REPO / "examples" / example / "configs" / "default.py"
     namespace: dict = {}
@@ -193,3 +194,12 @@ def test_config_dataclass_of_imagenet_lists_every_config_leaf():
     exec(compile(spec.read_text(), str(spec), "exec"), namespace)
     leaves = {p.rsplit(".", 1)[-1] for p, _ in config_lib.leaves(namespace["get_config"]())}
     assert (leaves - {"name"}) <= fields
+
+
+def test_mnist_takes_nested_overrides_and_refuses_conflicts(tmp_path):
+    out = run("mnist", "--config.optimizer.learning_rate=0", f"--output_dir={tmp_path}")
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Error: --learning_rate=0.0: expected a number > 0." in out.stderr
+    out = run("mnist", "--config.num_epochs=2", "--num_epochs=3", f"--output_dir={tmp_path}")
+    assert out.returncode == 2 and "set the same thing" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -26,6 +26,12 @@ from flaxen import distributed, metrics, parallel
 from flaxen.errors import FlaxenError
 from flaxen.training import checkpoints
 
+try:  # examples/config.py: ml_collections config files, --config.x.y=value overrides
+    from examples import config as config_lib
+except ImportError:  # as a script, or in a forked copy of examples/
+    sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import config as config_lib  # type: ignore[no-redef]
+
 EVAL_BATCH_SIZE = 1000
 
 # The settings of a run, all from flags (main) or from a test's SimpleNamespace.
@@ -266,6 +272,7 @@ class Run:
 
 def config_from_flags(flag_values):
     """The run's settings: the one place that reads the flags."""
+    config_lib.apply_config(flag_values)  # --config file and overrides -> the flat flags
     cfg = SimpleNamespace(**{name: flag_values[name].value for name in CONFIG_KEYS})
     # Fall back to Fashion-MNIST only when the user asked for no dataset or folder.
     cfg.allow_fallback = not flag_values['dataset'].present and not cfg.data_dir
@@ -338,9 +345,7 @@ def user_errors():
 
 
 def parse_flags(argv):
-    """absl's flag parsing, with a bad flag reported as one ``Error:`` line and exit 2."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        print(f'Error: {e} (see --helpfull)', file=sys.stderr, flush=True)
-        sys.exit(2)
+    """absl's flag parsing (with ``--config``, see examples/config.py); a bad flag, config
+    file or override is one ``Error:`` line and exit 2."""
+    train_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
+    return config_lib.flags_parser(train_py)(argv)
