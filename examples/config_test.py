@@ -142,7 +142,8 @@ def run(example, *args, timeout=240):
 def flag_defaults(example):
     """The example's flat flags' defaults (its flags are defined in a fresh process)."""
     code = (f"import json, sys; from absl import flags; from examples.{example} import train; "
-            f"d = getattr(train, 'define_flags', getattr(train, '_define_flags', None)); d and d(); "
+            f"d = getattr(train, 'define_flags', getattr(train, '_define_flags', None)); "
+            f"d and d(); "
             f"flags.FLAGS(['x']); print(json.dumps(flags.FLAGS.flag_values_dict()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import jax
 import numpy as onp
-from absl import flags, logging
+from absl import logging
 from tqdm import tqdm
 
 from flaxen import distributed, metrics, parallel
