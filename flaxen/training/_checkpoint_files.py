@@ -234,7 +234,7 @@ def remove_quietly(path: str) -> None:
         os.remove(path)
     except OSError as e:
         if e.errno != errno.ENOENT:
-            _log.warning("Could not remove %s: %s", path, e)
+            _log.warning("Could not remove %s: %s", shown(path), e)
 
 
 def _pid_alive(pid: int) -> bool:

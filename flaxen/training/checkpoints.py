@@ -212,8 +212,8 @@ def _resolve(ckpt_dir: str, step: Any, prefix: str) -> str | None:
     if step is None:
         latest = files.latest(ckpt_dir, prefix)
         if latest is None:
-            _log.info("No checkpoint with prefix %r in %r; returning the target unchanged.",
-                      prefix, ckpt_dir)
+            _log.info("No checkpoint with prefix %r in %s; returning the target unchanged.",
+                      prefix, files.shown(ckpt_dir))
         return latest
     if not os.path.isdir(ckpt_dir):
         raise CheckpointNotFoundError(
