@@ -369,7 +369,9 @@ class ModelParamTraversal(Traversal):
                 if self.filter_fn(p, v)}
 
     def iterate(self, inputs: Any) -> Iterator[Any]:
+        """The selected leaves, sorted by path."""
         yield from self.select(inputs).values()
 
     def update(self, fn: Callable[[Any], Any], inputs: Any) -> Any:
+        """A copy of ``inputs`` with ``fn`` applied to the selected leaves."""
         return set_leaves(inputs, {p: fn(v) for p, v in self.select(inputs).items()})

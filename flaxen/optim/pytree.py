@@ -20,6 +20,7 @@ read ``state/step``, ``target/params/Dense_0/kernel``, ... (``path_to_str`` spel
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, TypeVar
 
 import jax
@@ -35,7 +36,7 @@ _NAMES = ("state", "target")
 class _Static:
     """The static part of an optimizer: its definition and the treedef of (state, target)."""
 
-    __slots__ = ("optimizer_def", "treedef", "_hash", "keys")
+    __slots__ = ("optimizer_def", "treedef", "_hash", "keys", "__weakref__")
 
     def __init__(self, optimizer_def: Any, treedef: Any):
         self.optimizer_def = optimizer_def
@@ -56,12 +57,19 @@ class _Static:
 
 
 # One _Static per (definition, structure): the static data of a jitted step's output is
-# then the very object its input had, and jit's cache comparison stops at ``is``.
-_INTERNED: dict[_Static, _Static] = {}
+# then the very object its input had, and jit's cache comparison stops at ``is``. Weak, so
+# a definition nothing uses any more (no optimizer, no jit cache entry) is freed.
+_INTERNED: weakref.WeakKeyDictionary[_Static, weakref.ref[_Static]] = (
+    weakref.WeakKeyDictionary())
 
 
 def _intern(static: _Static) -> _Static:
-    return _INTERNED.setdefault(static, static)
+    ref = _INTERNED.get(static)
+    found = None if ref is None else ref()
+    if found is None:
+        _INTERNED[static] = weakref.ref(static)
+        return static
+    return found
 
 
 def _flatten(obj: Any) -> tuple[Any, _Static]:
