@@ -45,11 +45,12 @@ from flaxen.errors import FlaxenError
 from flaxen.training import checkpoints
 
 try:  # as part of the repository's `examples` package (tests, `python -m examples.lm1b.train`)
-    from examples.lm1b import generate, input_pipeline, models
+    from examples.lm1b import generate, input_pipeline, large_model, models
     from examples.lm1b import tokenizer as tok
 except ImportError:  # as a script, `python examples/lm1b/train.py`, or in a forked copy
     import generate  # type: ignore[no-redef]
     import input_pipeline  # type: ignore[no-redef]
+    import large_model  # type: ignore[no-redef]
     import models  # type: ignore[no-redef]
     import tokenizer as tok  # type: ignore[no-redef]
 
@@ -82,6 +83,11 @@ class TrainArgs:
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     dtype: str = "float32"
+    # Larger models (large_model.py): mesh, sharding rules, scanned layers, remat.
+    mesh_model: int = 1
+    sharding: str = "replicated"
+    scan_layers: bool = False
+    remat: bool = False
     # Optimisation.
     batch_size: int = 12
     num_train_steps: int = 2000
@@ -124,7 +130,8 @@ def model_config(args: TrainArgs, vocab_size: int) -> models.LMConfig:
         num_layers=args.num_layers, mlp_dim=args.mlp_dim or 4 * args.emb_dim,
         max_len=args.max_len or args.context, position=args.position,
         tied_embeddings=args.tied_embeddings, dropout_rate=args.dropout_rate,
-        attention_dropout_rate=args.attention_dropout_rate, dtype=dtypes[args.dtype])
+        attention_dropout_rate=args.attention_dropout_rate, dtype=dtypes[args.dtype],
+        **large_model.config_options(args))
 
 
 def cross_entropy_sums(logits: jax.Array, targets: jax.Array,
@@ -225,7 +232,7 @@ def evaluate(model: nn.Model, stream: np.ndarray, args: TrainArgs) -> dict[str, 
     rows = distributed.local_rows(args.eval_batch_size, parallel.default_mesh())
     for batch in input_pipeline.eval_batches(stream, args.eval_batch_size, args.context,
                                              args.eval_batches or None, rows):
-        ls, ws = eval_step(model, parallel.shard_batch(batch))
+        ls, ws = eval_step(model, parallel.shard_batch(batch, large_model.mesh(args)))
         loss_sum += float(ls)
         weight_sum += float(ws)
     loss = loss_sum / max(weight_sum, 1.0)
@@ -391,7 +398,8 @@ def train_and_evaluate(args: TrainArgs) -> dict[str, Any]:
             plain.write(step, row)
             result.update(row)
 
-        optimizer = _train_loop(optimizer.replicate(), dataset, args, dropout_rng, ckpt_dir,
+        optimizer = _train_loop(large_model.place(optimizer, args, large_model.mesh(args)),
+                                dataset, args, dropout_rng, ckpt_dir,
                                 start, log, result)
         if result["final_step"] == start:  # nothing to train: still report the held-out loss
             result.update(evaluate(optimizer.target, dataset.eval, args))
@@ -447,7 +455,7 @@ def _train_loop(optimizer: optim.Optimizer, dataset: input_pipeline.Dataset, arg
                disable=not (args.progress and jax.process_index() == 0), desc="train",
                unit="step")
     for step in bar:
-        batch = parallel.shard_batch(next(batches))
+        batch = parallel.shard_batch(next(batches), large_model.mesh(args))
         optimizer, m = train_step(optimizer, batch, dropout_rng, schedule, args.grad_clip)
         pending.append(m)
         done = step + 1
@@ -541,6 +549,7 @@ _HELP = {
     "prompt": "Text the end-of-run sample continues.",
     "temperature": "Softmax temperature of the sample (0: greedy).",
     "top_k": "Sample among the k most likely tokens (0: all).",
+    **large_model.HELP,
 }
 
 _DISTRIBUTED_HELP = {
@@ -647,6 +656,7 @@ def check_args(args: TrainArgs) -> None:
     if args.learning_rate <= 0 or not 0 < args.eval_fraction < 1:
         raise RunConfigError(f"--learning_rate={args.learning_rate} must be > 0 and "
                              f"--eval_fraction={args.eval_fraction} between 0 and 1.")
+    large_model.check(args)
 
 
 if __name__ == "__main__":
