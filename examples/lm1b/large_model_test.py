@@ -53,3 +53,38 @@ def test_mesh_and_placement_follow_the_flags():
     fsdp = _args(sharding="fully_sharded")
     placed = large_model.place(opt, fsdp, large_model.mesh(fsdp))
     assert placed.target.params["embed"]["embedding"].sharding.spec[0] == "batch"
+
+
+def _train(tmp_path, name: str, **kw) -> dict:
+    from examples.lm1b import train
+
+    text = tmp_path / "text.txt"
+    if not text.exists():
+        rng = np.random.default_rng(0)
+        words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "away"]
+        text.write_text("\n".join(" ".join(rng.choice(words, 8)) + "." for _ in range(500)),
+                        encoding="utf-8")
+    args = train.TrainArgs(
+        output_dir=str(tmp_path / name), text_file=str(text), emb_dim=32, num_heads=4,
+        num_layers=2, context=16, batch_size=8, num_train_steps=6, learning_rate=1e-2,
+        warmup_steps=2, eval_every=1000, eval_batch_size=16, eval_batches=2, log_every=3,
+        checkpoint_every=6, sample_length=4, progress=False, plot=False, scan_layers=True,
+        **kw)
+    train.check_args(args)
+    return train.train_and_evaluate(args)
+
+
+def test_sharded_scanned_training_runs_like_replicated(tmp_path):
+    """Same flags but the layout: the same losses (and a sample through the decode loop)."""
+    from flaxen.training import checkpoints
+
+    want = _train(tmp_path, "replicated")
+    for name, kw in (("fsdp", dict(sharding="fully_sharded", remat=True)),
+                     ("tp", dict(sharding="tensor_parallel", mesh_model=2))):
+        got = _train(tmp_path, name, **kw)
+        for key in ("train_loss", "eval_loss"):
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-4, err_msg=f"{name} {key}")
+        assert len(got["sample"]) > 0
+        saved = checkpoints.restore_checkpoint(tmp_path / name / "checkpoints", None)
+        assert saved["target"]["params"]["blocks"]["mlp"]["Dense_0"]["kernel"].shape == (
+            2, 32, 128)

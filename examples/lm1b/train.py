@@ -45,12 +45,13 @@ from flaxen.errors import FlaxenError
 from flaxen.training import checkpoints
 
 try:  # as part of the repository's `examples` package (tests, `python -m examples.lm1b.train`)
-    from examples.lm1b import allocator, generate, input_pipeline, models
+    from examples.lm1b import allocator, generate, input_pipeline, large_model, models
     from examples.lm1b import tokenizer as tok
 except ImportError:  # as a script, `python examples/lm1b/train.py`, or in a forked copy
     import allocator  # type: ignore[no-redef]
     import generate  # type: ignore[no-redef]
     import input_pipeline  # type: ignore[no-redef]
+    import large_model  # type: ignore[no-redef]
     import models  # type: ignore[no-redef]
     import tokenizer as tok  # type: ignore[no-redef]
 
@@ -83,6 +84,11 @@ class TrainArgs:
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     dtype: str = "float32"
+    # Larger models (large_model.py): mesh, sharding rules, scanned layers, remat.
+    mesh_model: int = 1
+    sharding: str = "replicated"
+    scan_layers: bool = False
+    remat: bool = False
     # Optimisation.
     batch_size: int = 12
     num_train_steps: int = 2000
@@ -127,7 +133,8 @@ def model_config(args: TrainArgs, vocab_size: int) -> models.LMConfig:
         num_layers=args.num_layers, mlp_dim=args.mlp_dim or 4 * args.emb_dim,
         max_len=args.max_len or args.context, position=args.position,
         tied_embeddings=args.tied_embeddings, dropout_rate=args.dropout_rate,
-        attention_dropout_rate=args.attention_dropout_rate, dtype=dtypes[args.dtype])
+        attention_dropout_rate=args.attention_dropout_rate, dtype=dtypes[args.dtype],
+        **large_model.config_options(args))
 
 
 def cross_entropy_sums(logits: jax.Array, targets: jax.Array,
@@ -256,11 +263,12 @@ def train_steps(optimizer: optim.Optimizer, batches: dict[str, jax.Array],
     return jax.lax.scan(body, optimizer, batches)
 
 
-def shard_steps(batches: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+def shard_steps(batches: dict[str, np.ndarray],
+                mesh: jax.sharding.Mesh | None = None) -> dict[str, jax.Array]:
     """Host arrays ``[k, batch, ...]`` (this process's rows) to device arrays whose batch
-    axis (axis 1) is split over the default mesh's devices, as ``parallel.shard_batch``
-    does for axis 0."""
-    mesh = parallel.default_mesh()
+    axis (axis 1) is split over the mesh's batch axis (default: every device), as
+    ``parallel.shard_batch`` does for axis 0."""
+    mesh = mesh or parallel.default_mesh()
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
         None, parallel.BATCH_AXIS))
     if jax.process_count() == 1:
@@ -298,7 +306,8 @@ def held_out_batches(stream: np.ndarray, args: TrainArgs) -> dict[str, jax.Array
     ``[n, eval_batch_size, context]`` batches, made once per run."""
     rows = distributed.local_rows(args.eval_batch_size, parallel.default_mesh())
     return shard_steps(stack_steps(list(input_pipeline.eval_batches(
-        stream, args.eval_batch_size, args.context, args.eval_batches or None, rows))))
+        stream, args.eval_batch_size, args.context, args.eval_batches or None, rows))),
+        large_model.mesh(args))
 
 
 def evaluate(model: nn.Model, stream: np.ndarray | dict[str, jax.Array],
@@ -320,7 +329,7 @@ def evaluate_random_windows(model: nn.Model, stream: np.ndarray, args: TrainArgs
     batches = [input_pipeline.train_batch(stream, args.batch_size, args.context,
                                           args.seed + 1, i, rows)
                for i in range(args.random_eval_batches)]
-    _, means = eval_sums(model, shard_steps(stack_steps(batches)))
+    _, means = eval_sums(model, shard_steps(stack_steps(batches), large_model.mesh(args)))
     return float(jnp.mean(means))
 
 
@@ -485,7 +494,8 @@ def train_and_evaluate(args: TrainArgs) -> dict[str, Any]:
             plain.write(step, row)
             result.update(row)
 
-        optimizer = _train_loop(optimizer.replicate(), dataset, args, dropout_rng, ckpt_dir,
+        optimizer = _train_loop(large_model.place(optimizer, args, large_model.mesh(args)),
+                                dataset, args, dropout_rng, ckpt_dir,
                                 start, log, result)
         if result["final_step"] == start:  # nothing to train: still report the held-out loss
             result.update(evaluate(optimizer.target, dataset.eval, args))
@@ -588,7 +598,8 @@ def _train_loop(optimizer: optim.Optimizer, dataset: input_pipeline.Dataset, arg
     for first, n in chunks:
         batch = shard_steps(stack_steps([
             input_pipeline.train_batch(dataset.train, args.batch_size, args.context,
-                                       args.seed, s, rows) for s in range(first, first + n)]))
+                                       args.seed, s, rows) for s in range(first, first + n)]),
+            large_model.mesh(args))
         optimizer, m = train_steps(optimizer, batch, dropout_rng, schedule, args.grad_clip)
         write_rows()  # the previous call's rows, while this call runs
         pending.append(m)
@@ -676,6 +687,7 @@ _HELP = {
     "prompt": "Text the end-of-run sample continues.",
     "temperature": "Softmax temperature of the sample (0: greedy).",
     "top_k": "Sample among the k most likely tokens (0: all).",
+    **large_model.HELP,
 }
 
 _DISTRIBUTED_HELP = {
@@ -788,6 +800,7 @@ def check_args(args: TrainArgs) -> None:
     if args.learning_rate <= 0 or not 0 < args.eval_fraction < 1:
         raise RunConfigError(f"--learning_rate={args.learning_rate} must be > 0 and "
                              f"--eval_fraction={args.eval_fraction} between 0 and 1.")
+    large_model.check(args)
 
 
 if __name__ == "__main__":

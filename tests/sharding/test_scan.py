@@ -33,15 +33,15 @@ def test_scanned_equals_per_layer_stack_given_converted_params(remat):
     per_layer = tiny_lm_params(num_layers=3)
     stacked = models.stack_blocks(per_layer)
     tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 16), 0, 64)
-    want = _module(3, False).call(per_layer, tokens)
-    got = _module(3, True, remat).call(stacked, tokens)
+    want = jax.jit(_module(3, False).call)(per_layer, tokens)
+    got = jax.jit(_module(3, True, remat).call)(stacked, tokens)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
     def loss(module, p):
         return jnp.mean(module.call(p, tokens) ** 2)
 
-    g_want = jax.grad(lambda p: loss(_module(3, False), p))(per_layer)
-    g_got = jax.grad(lambda p: loss(_module(3, True, remat), p))(stacked)
+    g_want = jax.jit(jax.grad(lambda p: loss(_module(3, False), p)))(per_layer)
+    g_got = jax.jit(jax.grad(lambda p: loss(_module(3, True, remat), p)))(stacked)
     for a, b in zip(jax.tree.leaves(models.stack_blocks(g_want)), jax.tree.leaves(g_got)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
