@@ -15,19 +15,20 @@ import pytest
 PUBLIC_API = {
     "flaxen": [
         "errors", "jax_utils", "metrics", "nn", "optim", "parallel", "serialization",
-        "struct", "training", "traverse_util",
+        "sharding", "struct", "training", "traverse_util",
     ],
     "flaxen.nn": [
         "BatchNorm", "Collection", "Conv", "ConvTranspose", "Dense", "DenseGeneral", "Embed",
         "GRUCell", "GroupNorm", "LSTMCell", "LayerNorm", "Model", "Module", "ModuleState",
-        "MultiHeadDotProductAttention", "RMSNorm", "RNN", "SelfAttention", "attention",
+        "MultiHeadDotProductAttention", "RMSNorm", "RNN", "ScanLayers", "SelfAttention",
+        "attention",
         "avg_pool", "capture_module_outputs", "celu", "dot_product_attention", "dropout",
         "elu", "export", "gelu", "get_state", "glu", "hard_tanh", "initializers",
         "is_stateful", "is_stochastic", "leaky_relu", "log_sigmoid", "log_softmax",
         "make_attention_mask", "make_causal_mask", "make_padding_mask", "make_rng",
         "max_pool", "module", "module_method", "pool", "relu", "relu6", "selu", "sigmoid",
-        "silu", "soft_sign", "softmax", "softplus", "stateful", "stochastic", "summary",
-        "swish", "tanh", "utils",
+        "silu", "soft_sign", "softmax", "softplus", "stack_layers", "stateful", "stochastic",
+        "summary", "swish", "tanh", "unstack_layers", "utils",
     ],
     "flaxen.optim": [
         "Adafactor", "Adagrad", "Adam", "DynamicScale", "DynamicScaleResult",

@@ -65,8 +65,10 @@ def test_label_is_the_path_for_messages():
             return Inner(x, name="named")
 
     Outer.init(jax.random.PRNGKey(0), jnp.ones(1))
-    assert labels == {"outer": "Outer", "inner": "Outer/named"}
-    assert labels["inner"] == path_to_str(("Outer", "named"))
+    # The one path spelling: a module is named by its path below the root (the root, which
+    # has no path, by its class).
+    assert labels == {"outer": "Outer", "inner": "named"}
+    assert labels["inner"] == path_to_str(("named",))
 
 
 def test_checks_name_the_module_and_the_value():
