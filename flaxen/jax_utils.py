@@ -81,7 +81,9 @@ def replicate(tree: Any, devices: Sequence[jax.Device] | None = None) -> Any:
             f"jax_utils.replicate: expected `devices` to be a non-empty list of jax devices "
             f"(default jax.local_devices()), got {devices!r}. For jit over a Mesh use "
             "`flaxen.parallel.replicate(tree, mesh)` instead.")
-    sharding = NamedSharding(parallel.mesh_of(devices, _DEVICE_AXIS), P(_DEVICE_AXIS))
+    mesh = parallel.mesh_of(devices, _DEVICE_AXIS)
+    assert mesh is not None  # devices is a non-empty list here
+    sharding = NamedSharding(mesh, P(_DEVICE_AXIS))
 
     def one(path: Any, x: Any) -> jax.Array:
         if is_stacked(x):
