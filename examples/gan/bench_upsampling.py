@@ -22,8 +22,8 @@ from flaxen import nn
 try:
     from examples.gan import models, train
 except ImportError:
-    import models
-    import train
+    import models  # type: ignore[no-redef]
+    import train  # type: ignore[no-redef]
 
 FLAGS = flags.FLAGS
 KINDS = ('conv_transpose', 'nearest', 'subpixel')
