@@ -30,8 +30,8 @@ class Generator(nn.Module):
     four channel blocks become the four pixels of each 2x2 output cell. A 4x4 stride-2
     transposed convolution is the special case where each of the four blocks sees only the
     2x2 inputs it overlaps; the sub-pixel form computes the same kind of map with a plain
-    stride-1 convolution, whose kernel gradient XLA:CPU computes about 5 times faster (see
-    README).
+    stride-1 convolution. (It was chosen to avoid XLA:CPU's slow kernel gradient of strided
+    transposed convolutions, but a whole step measured no faster; see the README.)
 
     Input ``(batch, LATENT_DIM)`` float32 noise; output ``(batch, 28, 28, 1)`` float32 in
     ``[-1, 1]`` (tanh). BatchNorm after the dense layer and the first upsampling, so the

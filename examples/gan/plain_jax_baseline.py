@@ -26,8 +26,8 @@ from jax import lax
 try:
     from examples.gan import input_pipeline, quality
 except ImportError:
-    import input_pipeline
-    import quality
+    import input_pipeline  # type: ignore[no-redef]
+    import quality  # type: ignore[no-redef]
 
 FLAGS = flags.FLAGS
 LATENT_DIM = 64

@@ -30,7 +30,8 @@ except ImportError:
     import input_pipeline  # type: ignore[no-redef]
 
 FLAGS = flags.FLAGS
-FEATURES = (8, 16, 32, 64)
+FEATURES = (16, 32, 64, 128)
+PATCH = 2
 GROUP_SIZE = 4
 NUM_CLASSES = 11
 _DN = ('NHWC', 'HWIO', 'NHWC')
@@ -42,7 +43,7 @@ def define_flags():
     for define, name, default, text in (
             (flags.DEFINE_float, 'learning_rate', 3e-3, 'Adam learning rate at step 0.'),
             (flags.DEFINE_integer, 'batch_size', 32, 'Batch size.'),
-            (flags.DEFINE_integer, 'num_epochs', 4, 'Number of epochs.'),
+            (flags.DEFINE_integer, 'num_epochs', 5, 'Number of epochs.'),
             (flags.DEFINE_string, 'dataset', 'fashion_mnist', 'fashion_mnist or mnist.'),
             (flags.DEFINE_string, 'data_dir', None, 'Folder with the four IDX files.'),
             (flags.DEFINE_string, 'cache_dir', None, 'Canvas cache folder.'),
@@ -78,7 +79,7 @@ def init_params(key, features=FEATURES):
                 'conv1': lecun(next(keys), (3, 3, c_out, c_out)),
                 'gn1': {'scale': jnp.ones(c_out), 'bias': jnp.zeros(c_out)}}
 
-    params, c = {}, 1
+    params, c = {}, PATCH * PATCH
     for i, f in enumerate(features[:-1]):
         params[f'down_{i}'], c = block(c, f), f
     params['bottom'], c = block(c, features[-1]), features[-1]
@@ -86,8 +87,8 @@ def init_params(key, features=FEATURES):
         params[f'upsample_{i}'] = {'w': lecun(next(keys), (2, 2, c, features[i])),
                                    'b': jnp.zeros(features[i])}
         params[f'up_{i}'], c = block(2 * features[i], features[i]), features[i]
-    params['logits'] = {'w': lecun(next(keys), (1, 1, c, NUM_CLASSES)),
-                        'b': jnp.zeros(NUM_CLASSES)}
+    params['logits'] = {'w': lecun(next(keys), (1, 1, c, NUM_CLASSES * PATCH * PATCH)),
+                        'b': jnp.zeros(NUM_CLASSES * PATCH * PATCH)}
     return params
 
 
@@ -124,6 +125,9 @@ def conv_block(x, p):
 
 def forward(params, x, levels=len(FEATURES)):
     """``x``: float32 ``(n, 64, 64, 1)``; returns logits ``(n, 64, 64, 11)``."""
+    n, h, w, _ = x.shape  # 2x2 pixel cells in, 2x2 pixel cells out (models.UNet's patch)
+    x = x.reshape((n, h // PATCH, PATCH, w // PATCH, PATCH, 1)).transpose((0, 1, 3, 2, 4, 5))
+    x = x.reshape((n, h // PATCH, w // PATCH, PATCH * PATCH))
     skips = []
     for i in range(levels - 1):
         x = conv_block(x, params[f'down_{i}'])
@@ -137,7 +141,9 @@ def forward(params, x, levels=len(FEATURES)):
         x = conv_block(jnp.concatenate([x, skips[i]], axis=-1), params[f'up_{i}'])
     out = params['logits']
     x = lax.conv_general_dilated(x, out['w'], (1, 1), 'SAME', dimension_numbers=_DN)
-    return x + out['b'].reshape(1, 1, 1, -1)
+    x = (x + out['b'].reshape(1, 1, 1, -1)).reshape(
+        (n, h // PATCH, w // PATCH, PATCH, PATCH, NUM_CLASSES))
+    return x.transpose((0, 1, 3, 2, 4, 5)).reshape((n, h, w, NUM_CLASSES))
 
 
 def loss_fn(params, images, labels):

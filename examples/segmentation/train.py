@@ -51,7 +51,7 @@ def define_flags():
     flags.DEFINE_float('learning_rate', 3e-3,
                        'Adam learning rate at step 0; it decays to 0 along a half cosine.')
     flags.DEFINE_integer('batch_size', 32, 'Canvases per training step (all processes together).')
-    flags.DEFINE_integer('num_epochs', 4, 'Number of training epochs.')
+    flags.DEFINE_integer('num_epochs', 5, 'Number of training epochs.')
     flags.DEFINE_enum('dataset', 'fashion_mnist', ['fashion_mnist', 'mnist'],
                       'Which images fill the canvases (the default folder and the class names).')
     flags.DEFINE_string('data_dir', None,
