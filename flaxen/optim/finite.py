@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxen.errors import NonFiniteError
+from flaxen.traverse_util import path_to_str
 
 
 def _raise_first(names: tuple[str, ...], flags: Any) -> None:
@@ -46,7 +47,7 @@ def check_finite(grads: Any, loss: Any = None) -> Any:
         ``jax.debug.callback`` (raised as ``JaxRuntimeError`` carrying the message).
     """
     flat = jax.tree_util.tree_flatten_with_path(grads)[0]
-    names = [f'the gradient of "{jax.tree_util.keystr(p) or "<root>"}"' for p, _ in flat]
+    names = [f'the gradient of "{path_to_str(p) or "<root>"}"' for p, _ in flat]
     leaves = [x for _, x in flat]
     if loss is not None:
         names.insert(0, "the loss")

@@ -40,7 +40,7 @@ def test_integer_params_left_out_by_focus_are_fine():
 def test_check_finite_outside_jit_names_the_first_bad_path():
     grads = {"a": jnp.ones(2), "b": {"kernel": jnp.array([1.0, jnp.nan])},
              "c": jnp.array([jnp.inf])}
-    with pytest.raises(errors.NonFiniteError, match=r"""gradient of "\['b'\]\['kernel'\]\""""):
+    with pytest.raises(errors.NonFiniteError, match=r"""gradient of "b/kernel\""""):
         optim.check_finite(grads)
     with pytest.raises(errors.NonFiniteError, match="the loss is not finite"):
         optim.check_finite({"a": jnp.ones(2)}, loss=jnp.float32(jnp.nan))
@@ -59,7 +59,7 @@ def test_check_finite_under_jit_stops_training():
     # sqrt(0)' = inf: the step stops (when it runs, or at the latest when its result is
     # read, depending on the backend's dispatch).
     with pytest.raises(jax.errors.JaxRuntimeError,
-                       match=r"""gradient of "\['w'\]" is not finite"""):
+                       match=r"""gradient of "w" is not finite"""):
         jax.block_until_ready(step(opt, jnp.float32(1.0)))
     good = optim.SGD(0.1).create({"w": jnp.array([1.0, 4.0])})
     new, loss = step(good, jnp.float32(1.0))
