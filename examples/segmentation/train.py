@@ -36,8 +36,11 @@ from flaxen.errors import FlaxenError
 from flaxen.training import checkpoints, lr_schedule
 
 try:  # as part of the repository's `examples` package (tests, `python -m ...`)
+    from examples import config as config_lib
     from examples.segmentation import input_pipeline, models, plots
 except ImportError:  # as a script, `python examples/segmentation/train.py`, or a forked copy
+    sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import config as config_lib  # type: ignore[no-redef]  # examples/config.py
     import input_pipeline  # type: ignore[no-redef]
     import models  # type: ignore[no-redef]
     import plots  # type: ignore[no-redef]
@@ -404,6 +407,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     try:
+        config_lib.apply_config()  # --config file and --config.x.y overrides -> the flags
         init_distributed()
         cfg = config_from_flags()
         train_ds, test_ds = input_pipeline.get_datasets(
@@ -412,11 +416,11 @@ def main(argv):
         logging.info('%d train and %d test canvases of %s; output in %s',
                      len(train_ds['image']), len(test_ds['image']), cfg.dataset, cfg.output_dir)
         train(train_ds, test_ds, cfg)
-    except FlaxenError as e:  # a clear message, not a traceback
+    except FlaxenError as e:  # a clear message (also config_lib.ConfigFlagError), no traceback
         print(f'Error: {e}', file=sys.stderr)
         sys.exit(2)
 
 
 if __name__ == '__main__':
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=config_lib.flags_parser(__file__))  # adds --config

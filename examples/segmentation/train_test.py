@@ -193,3 +193,28 @@ def test_plain_jax_baseline_trains_like_flaxen():
         assert float(m1["loss"]) == pytest.approx(float(m2["loss"]), rel=1e-4)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5),
                  baseline.from_flaxen(optimizer.target.params), params)
+
+
+def test_config_overrides_reach_the_run(tmp_path):
+    """--config.x.y=value sets the flat flag the run reads; giving it both ways is refused."""
+    folder = source_folder()
+    data = tmp_path / "data"
+    data.mkdir()
+    for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (data / (stem + ".gz")).symlink_to(folder / (stem + ".gz"))
+        (data / (stem.replace("t10k", "train") + ".gz")).symlink_to(folder / (stem + ".gz"))
+    common = [sys.executable, str(HERE / "train.py"), f"--data_dir={data}",
+              f"--cache_dir={tmp_path / 'cache'}", f"--output_dir={tmp_path / 'out'}"]
+    env = {**os.environ, "PYTHONPATH": str(HERE.parents[1])}
+    # 16 training canvases from the override, against the default --batch_size=32.
+    result = subprocess.run(common + ["--config.data.num_train_canvases=16",
+                                      "--config.data.num_test_canvases=8"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert ("Error: --batch_size=32 is larger than the training set (16 canvases)"
+            in result.stderr), result.stderr[-2000:]
+    result = subprocess.run(common + ["--config.batch_size=8", "--batch_size=16"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Error: --config.batch_size=8 and --batch_size=16 set the same thing" in result.stderr
+    assert "Traceback" not in result.stderr
