@@ -45,10 +45,13 @@ from flaxen.errors import FlaxenError
 from flaxen.training import checkpoints
 
 try:  # as part of the repository's `examples` package (tests, `python -m examples.lm1b.train`)
+    from examples import config as config_lib
     from examples.lm1b import allocator, generate, input_pipeline, large_model, models
     from examples.lm1b import tokenizer as tok
 except ImportError:  # as a script, `python examples/lm1b/train.py`, or in a forked copy
+    sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import allocator  # type: ignore[no-redef]
+    import config as config_lib  # type: ignore[no-redef]  # examples/config.py
     import generate  # type: ignore[no-redef]
     import input_pipeline  # type: ignore[no-redef]
     import large_model  # type: ignore[no-redef]
@@ -744,6 +747,7 @@ def main(argv: list[str]) -> None:
         logging.info("glibc malloc: large buffers are reused, not re-mapped each call "
                      "(--nokeep_malloc_buffers turns this off).")
     try:
+        config_lib.apply_config()  # --config file and --config.x.y overrides -> the flags
         # Before anything touches a device.
         distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                FLAGS.process_id)
@@ -766,7 +770,7 @@ def main(argv: list[str]) -> None:
         if args.lm1b_dir is not None and not FLAGS["tokenizer"].present:
             args.tokenizer = "sentencepiece"
         result = train_and_evaluate(args)
-    except (FlaxenError, OSError) as e:  # data, flags, resume, files: the user can fix these
+    except (FlaxenError, OSError) as e:  # data, flags, config, resume, files: user-fixable
         fail(e)
     if jax.process_index() != 0:
         return
@@ -778,15 +782,6 @@ def main(argv: list[str]) -> None:
     print(json.dumps(summary, indent=1))
     if "sample" in result:
         print("--- sample ---\n" + result["sample"])
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with a bad flag reported as one ``Error:`` line and exit 2."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        print(f"Error: {e} (see --helpfull)", file=sys.stderr, flush=True)
-        sys.exit(2)
 
 
 def check_args(args: TrainArgs) -> None:
@@ -807,4 +802,6 @@ if __name__ == "__main__":
     # Flags are defined only when run as a program, so that tests can import this module
     # next to other examples that define flags of the same names.
     _define_flags()
-    app.run(main, flags_parser=parse_flags)
+    # Adds --config (configs/default.py) and its --config.x.y=value overrides; a bad flag
+    # is one Error: line and exit status 2.
+    app.run(main, flags_parser=config_lib.flags_parser(__file__))

@@ -333,3 +333,39 @@ def test_resume_after_a_kill_logs_each_step_once(tmp_path):
     assert sorted(os.listdir(run / "checkpoints")) == ["checkpoint_3", "checkpoint_6"]
     assert [r["step"] for r in metrics.read_jsonl(run / "metrics.jsonl")
             if "train_loss" in r] == [3, 6]
+
+
+def test_config_file_overrides_reach_the_run(tmp_path):
+    """``--config.x.y=value`` (examples/config.py) sets the flat flag the run reads: the
+    model in config.json and the steps trained are the overridden ones; giving a setting
+    both ways is one Error: line."""
+    import json
+    import subprocess
+    import sys
+
+    text = _small_text(tmp_path, 3000)
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": repo}
+    script = os.path.join(repo, "examples", "lm1b", "train.py")
+    out_dir = tmp_path / "run"
+    common = [f"--text_file={text}", f"--output_dir={out_dir}", "--batch_size=8",
+              "--eval_batch_size=8", "--eval_batches=1", "--random_eval_batches=0",
+              "--sample_length=0", "--noplot", "--noprogress"]
+    done = subprocess.run(
+        [sys.executable, script, "--config.num_steps=3", "--config.model.num_layers=1",
+         "--config.model.emb_dim=16", "--config.model.num_heads=2",
+         "--config.data.context=8", *common],
+        capture_output=True, text=True, env=env, cwd=repo, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(out_dir / "config.json", encoding="utf-8") as f:
+        saved = json.load(f)
+    assert (saved["model"]["num_layers"], saved["model"]["emb_dim"], saved["context"]) == (
+        1, 16, 8)
+    assert [r["step"] for r in metrics.read_jsonl(out_dir / "metrics.jsonl")
+            if "train_loss" in r] == [3]
+    clash = subprocess.run(
+        [sys.executable, script, "--config.model.num_layers=1", "--num_layers=2", *common],
+        capture_output=True, text=True, env=env, cwd=repo, timeout=300)
+    assert clash.returncode == 2 and "Traceback" not in clash.stderr
+    assert ("Error: --config.model.num_layers=1 and --num_layers=2 set the same thing"
+            in clash.stderr), clash.stderr[-2000:]
