@@ -152,7 +152,7 @@ def flag_defaults(example):
 
 
 @pytest.mark.parametrize("example, renames", [("vae", {}), ("imagenet", {"model.name": "model"}),
-                                               ("mnist", {})])
+                                               ("mnist", {}), ("gan", {})])
 def test_default_config_files_equal_the_flag_defaults(example, renames):
     spec = REPO / "examples" / example / "configs" / "default.py"
     namespace: dict = {}
