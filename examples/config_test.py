@@ -153,7 +153,7 @@ def flag_defaults(example):
 
 @pytest.mark.parametrize("example, renames", [("vae", {}), ("imagenet", {"model.name": "model"}),
                                                ("mnist", {}), ("segmentation", {}),
-                                               ("lm1b", {})])
+                                               ("lm1b", {}), ("gan", {})])
 def test_default_config_files_equal_the_flag_defaults(example, renames):
     spec = REPO / "examples" / example / "configs" / "default.py"
     namespace: dict = {}

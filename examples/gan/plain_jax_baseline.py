@@ -3,8 +3,9 @@
 Same models (models.Generator and models.Discriminator written out with jax.lax: the same
 layers, LeCun-normal kernels, zero biases, BatchNorm with momentum 0.9 and eps 1e-5), same
 losses, same Adam (``optax.adam(2e-4, b1=0.5)`` is the update of ``optim.Adam``), same
-alternating step, same data order and noise as train.py; only flaxen is left out of the
-training. The samples are scored by the same classifier (its checkpoint read as a plain
+alternating step, same moving average of the generator (sampled and scored), same data
+order and noise as train.py; only flaxen is left out of the training. The samples are
+scored by the same classifier (its checkpoint read as a plain
 dict) with the same quality.py, so the numbers are comparable. Prints one JSON line per
 epoch.
 
@@ -39,9 +40,10 @@ def define_flags():
     flags.DEFINE_float('learning_rate', 2e-4, 'Adam learning rate.')
     flags.DEFINE_float('beta1', 0.5, 'Adam beta1.')
     flags.DEFINE_integer('batch_size', 64, 'Batch size.')
-    flags.DEFINE_integer('num_epochs', 10, 'Number of epochs.')
+    flags.DEFINE_integer('num_epochs', 20, 'Number of epochs.')
     flags.DEFINE_integer('g_features', 32, 'Generator width.')
     flags.DEFINE_integer('d_features', 32, 'Discriminator width.')
+    flags.DEFINE_float('ema_decay', 0.999, 'Decay of the moving average of the generator.')
     flags.DEFINE_string('dataset', 'fashion_mnist', 'fashion_mnist or mnist.')
     flags.DEFINE_string('data_dir', None, 'Folder with the four IDX files.')
     flags.DEFINE_string('classifier_dir', '/tmp/flaxen_gan_classifier',
@@ -144,6 +146,14 @@ def make_train_step(tx):
     return train_step
 
 
+@jax.jit
+def update_ema(ema, g, g_state, step, decay):
+    """``(g, g_state)`` averaged: decay ``min(decay, (1 + step) / (10 + step))``."""
+    step = jnp.asarray(step, jnp.float32)
+    d = jnp.minimum(jnp.float32(decay), (1.0 + step) / (10.0 + step))
+    return jax.tree.map(lambda e, x: d * e + (1.0 - d) * x, ema, (g, g_state))
+
+
 def classifier(c, x):
     """The MNIST example's CNN, plain: ``(features (B, 256), log_probs (B, 10))``."""
     for name in ('Conv_0', 'Conv_1'):
@@ -186,6 +196,7 @@ def main(argv):
                                 FLAGS.d_features)
     tx = optax.adam(FLAGS.learning_rate, b1=FLAGS.beta1)
     g_opt, d_opt = tx.init(g), tx.init(d)
+    ema = (g, g_state)
     train_step = make_train_step(tx)
     n, bs = len(train_ds['image']), FLAGS.batch_size
     steps = n // bs
@@ -200,6 +211,7 @@ def main(argv):
         for i in range(steps):
             batch = {'image': train_ds['image'][perms[i]] * 2.0 - 1.0, 'noise': noise[i]}
             g, d, g_state, g_opt, d_opt, m = train_step(g, d, g_state, g_opt, d_opt, batch)
+            ema = update_ema(ema, g, g_state, (epoch - 1) * steps + i + 1, FLAGS.ema_decay)
             ms.append(m)
         ms = jax.device_get(ms)
         row = {'impl': 'plain_jax_optax', 'epoch': epoch, 'epoch_seconds': time.time() - start}
@@ -207,7 +219,7 @@ def main(argv):
         if c is None:
             c, reference = load_classifier()
         if c is not None:
-            sums = quality.add_sums([generated_sums(g, g_state, c, eval_noise[i:i + 1000])
+            sums = quality.add_sums([generated_sums(*ema, c, eval_noise[i:i + 1000])
                                      for i in range(0, len(eval_noise), 1000)])
             row['fid'], row['inception_score'] = quality.fid_and_is(sums, reference)
         print(json.dumps(row), flush=True)

@@ -35,7 +35,8 @@ flags.DEFINE_integer('checkpoint_step', 0, 'The epoch of the checkpoint to use (
 
 
 def load(output_dir: str, step: int) -> tuple:
-    """``(generator, generator_state)`` of the checkpoint ``step`` of a train.py run."""
+    """``(generator, generator_state, seed)`` of the checkpoint ``step`` of a train.py run:
+    the moving average of the generator (what train.py samples and scores)."""
     path = os.path.join(output_dir, 'config.json')
     if not os.path.exists(path):
         raise runs.UsageError(f'{path} is missing: --output_dir is not a train.py run.')
@@ -45,10 +46,13 @@ def load(output_dir: str, step: int) -> tuple:
         jax.random.PRNGKey(0), cfg['g_features'], cfg['d_features'])
     g_opt, d_opt = train.create_optimizers(generator, discriminator, cfg['learning_rate'],
                                            cfg['beta1'])
+    ema = {'generator': generator, 'generator_state': g_state}
     state = checkpoints.restore_checkpoint(
         os.path.join(output_dir, 'checkpoints'),
-        {'generator': g_opt, 'discriminator': d_opt, 'generator_state': g_state}, step=step)
-    return state['generator'].target, state['generator_state'], cfg['seed']
+        {'generator': g_opt, 'discriminator': d_opt, 'generator_state': g_state,
+         'generator_ema': ema}, step=step)
+    ema = state['generator_ema']
+    return ema['generator'], ema['generator_state'], cfg['seed']
 
 
 def main(argv):

@@ -1,8 +1,10 @@
 """DCGAN example.
 
 Trains a small DCGAN (models.Generator, models.Discriminator) on Fashion-MNIST with two
-Adam optimizers stepped alternately, and scores its samples each epoch with a classifier
-trained by train_classifier.py (Frechet distance and inception score, see quality.py).
+Adam optimizers stepped alternately, keeps an exponential moving average (EMA) of the
+generator's weights and BatchNorm state, and scores the EMA generator's samples each epoch
+with a classifier trained by train_classifier.py (Frechet distance and inception score, see
+quality.py).
 
     python examples/gan/train_classifier.py      # once: the classifier that scores samples
     python examples/gan/train.py                 # then the GAN
@@ -11,13 +13,15 @@ Everything in --output_dir: checkpoints/ (one per epoch), tensorboard/ (event fi
 metrics.jsonl (one line per epoch), train_steps.jsonl (losses every 10 steps),
 samples/epoch_NNN.png (a fixed-noise grid per epoch), samples.png (the final grid) and
 curves.png. --resume continues from the last checkpoint with the same result as an
-uninterrupted run.
+uninterrupted run. ``--config=FILE`` (default configs/default.py) and ``--config.x.y=value``
+set the same flags, grouped (examples/config.py).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import sys
 import time
 from types import SimpleNamespace
 
@@ -32,8 +36,11 @@ from flaxen import nn, optim
 from flaxen.training import checkpoints
 
 try:  # as part of the repository's `examples` package (tests, `python -m examples.gan.train`)
+    from examples import config as config_lib
     from examples.gan import input_pipeline, models, quality, runs
 except ImportError:  # as a script, `python examples/gan/train.py`, or in a forked copy
+    sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import config as config_lib  # type: ignore[no-redef]  # examples/config.py
     import input_pipeline
     import models
     import quality
@@ -48,9 +55,11 @@ def define_flags():
     flags.DEFINE_float('learning_rate', 2e-4, 'Adam learning rate of both networks.')
     flags.DEFINE_float('beta1', 0.5, 'Adam beta1 of both networks (0.5, as in the DCGAN paper).')
     flags.DEFINE_integer('batch_size', 64, 'Global batch size (real images per step).')
-    flags.DEFINE_integer('num_epochs', 10, 'Number of training epochs.')
+    flags.DEFINE_integer('num_epochs', 20, 'Number of training epochs.')
     flags.DEFINE_integer('g_features', 32, 'Width of the generator (its last hidden layer).')
     flags.DEFINE_integer('d_features', 32, 'Width of the discriminator (its first layer).')
+    flags.DEFINE_float('ema_decay', 0.999, 'Decay of the moving average of the generator '
+                       'that is sampled and scored (0: the generator itself).')
     flags.DEFINE_enum('dataset', 'fashion_mnist', ['fashion_mnist', 'mnist'], 'The data set.')
     flags.DEFINE_string('data_dir', None, 'Folder with the four IDX files (default: see README).')
     flags.DEFINE_string('output_dir', '/tmp/flaxen_gan', 'Where all outputs go.')
@@ -68,8 +77,8 @@ def define_flags():
 EVAL_BATCH_SIZE = 1000
 GRID = 64  # images in the per-epoch sample grid (8 x 8)
 # Flags that define the computation: --resume refuses to continue a run where one differs.
-CONFIG_KEYS = ('learning_rate', 'beta1', 'batch_size', 'g_features', 'd_features', 'dataset',
-               'num_train_examples', 'seed')
+CONFIG_KEYS = ('learning_rate', 'beta1', 'batch_size', 'g_features', 'd_features', 'ema_decay',
+               'dataset', 'num_train_examples', 'seed')
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
@@ -141,6 +150,20 @@ def train_step(g_opt, d_opt, g_state, batch):
 
 
 @jax.jit
+def update_ema(ema, generator, g_state, step, decay):
+    """The moving average of the generator's weights and BatchNorm state after ``step`` steps.
+
+    ``ema`` is ``{'generator': Model, 'generator_state': Collection}``. The decay is
+    ``min(decay, (1 + step) / (10 + step))``, so the first steps forget the random initial
+    weights quickly; ``decay=0`` copies the generator exactly.
+    """
+    step = jnp.asarray(step, jnp.float32)
+    d = jnp.minimum(jnp.float32(decay), (1.0 + step) / (10.0 + step))
+    new = {'generator': generator, 'generator_state': g_state}
+    return jax.tree.map(lambda e, x: d * e + (1.0 - d) * x, ema, new)
+
+
+@jax.jit
 def generate(generator, g_state, noise):
     """Images in ``[0, 1]`` from noise, with the running BatchNorm statistics (eval mode)."""
     images, _ = generator.call_with_state(g_state, noise, train=False, _mutable=False)
@@ -169,7 +192,7 @@ def score(generator, g_state, classifier, reference, noise, mesh):
 
 def train_epoch(state, train_ds, cfg, epoch, mesh, log_steps):
     """One pass over the training set; returns the new state and the mean metrics."""
-    g_opt, d_opt, g_state = state
+    g_opt, d_opt, g_state, ema = state
     steps = len(train_ds['image']) // cfg.batch_size
     # Shuffling and noise depend on (seed, epoch) only, so a resumed run sees the same batches.
     rng = onp.random.RandomState([cfg.seed, epoch])
@@ -183,6 +206,7 @@ def train_epoch(state, train_ds, cfg, epoch, mesh, log_steps):
         batch = {'image': input_pipeline.to_gan_range(train_ds['image'][perms[i]]),
                  'noise': noise[i]}
         g_opt, d_opt, g_state, m = train_step(g_opt, d_opt, g_state, runs.local_batch(batch, mesh))
+        ema = update_ema(ema, g_opt.target, g_state, (epoch - 1) * steps + i + 1, cfg.ema_decay)
         window.append(m)
         if len(window) == 10 or i == steps - 1:
             means = {k: float(onp.mean([float(w[k]) for w in window])) for k in window[0]}
@@ -193,11 +217,12 @@ def train_epoch(state, train_ds, cfg, epoch, mesh, log_steps):
     weights = onp.array([10] * (len(history) - 1) + [steps - 10 * (len(history) - 1)])
     epoch_means = {k: float(onp.average([h[k] for h in history], weights=weights))
                    for k in history[0]}
-    return (g_opt, d_opt, g_state), epoch_means
+    return (g_opt, d_opt, g_state, ema), epoch_means
 
 
 def train(train_ds, test_ds, cfg=None):
-    """Trains the GAN; returns ``(g_opt, d_opt, g_state)`` (replicated when data-parallel)."""
+    """Trains the GAN; returns ``(g_opt, d_opt, g_state, ema)`` (replicated when
+    data-parallel; ``ema`` as in update_ema)."""
     cfg = cfg or FLAGS
     mesh = runs.make_mesh(cfg.num_devices, cfg.batch_size)
     steps_per_epoch = len(train_ds['image']) // cfg.batch_size
@@ -211,7 +236,9 @@ def train(train_ds, test_ds, cfg=None):
     generator, g_state, discriminator = create_models(
         random.PRNGKey(cfg.seed), cfg.g_features, cfg.d_features)
     g_opt, d_opt = create_optimizers(generator, discriminator, cfg.learning_rate, cfg.beta1)
-    state = {'generator': g_opt, 'discriminator': d_opt, 'generator_state': g_state}
+    ema = {'generator': generator, 'generator_state': g_state}
+    state = {'generator': g_opt, 'discriminator': d_opt, 'generator_state': g_state,
+             'generator_ema': ema}
     ckpt_dir = os.path.join(out, 'checkpoints')
     if cfg.resume:
         state = checkpoints.restore_checkpoint(ckpt_dir, state)
@@ -219,7 +246,8 @@ def train(train_ds, test_ds, cfg=None):
     if first_epoch > 1:
         logging.info('Resuming after epoch %d from %s', first_epoch - 1, ckpt_dir)
     logs = runs.Logs(out, first_epoch - 1, (first_epoch - 1) * steps_per_epoch)
-    state = (state['generator'], state['discriminator'], state['generator_state'])
+    state = (state['generator'], state['discriminator'], state['generator_state'],
+             state['generator_ema'])
     if mesh is not None:
         logging.info('Data-parallel over %d devices.', mesh.size)
         state = runs.replicate(state, mesh)
@@ -234,17 +262,18 @@ def train(train_ds, test_ds, cfg=None):
         start = time.time()
         state, row = train_epoch(state, train_ds, cfg, epoch, mesh, logs.step)
         train_seconds = time.time() - start
-        g_opt, d_opt, g_state = state
-        grid = runs.to_host(generate(g_opt.target, g_state, grid_noise))
+        g_opt, d_opt, g_state, ema = state
+        # Samples and scores are those of the moving average of the generator.
+        grid = runs.to_host(generate(ema['generator'], ema['generator_state'], grid_noise))
         if classifier is not None:
             row['fid'], row['inception_score'] = score(
-                g_opt.target, g_state, classifier, reference, noise[:cfg.num_eval_samples],
-                mesh)
+                ema['generator'], ema['generator_state'], classifier, reference,
+                noise[:cfg.num_eval_samples], mesh)
         row['epoch_seconds'] = train_seconds
         row['eval_seconds'] = time.time() - start - train_seconds
         checkpoints.save_checkpoint(
             ckpt_dir, runs.unreplicate({'generator': g_opt, 'discriminator': d_opt,
-                                        'generator_state': g_state}),
+                                        'generator_state': g_state, 'generator_ema': ema}),
             epoch, keep=10, overwrite=True)
         logs.epoch(epoch, row, grid)
         logging.info('epoch %d: %s', epoch, ', '.join(f'{k} {v:.4g}' for k, v in row.items()))
@@ -255,7 +284,7 @@ def train(train_ds, test_ds, cfg=None):
 def config_from_flags():
     return SimpleNamespace(**{name: FLAGS[name].value for name in (
         'learning_rate', 'beta1', 'batch_size', 'num_epochs', 'g_features', 'd_features',
-        'dataset', 'data_dir', 'output_dir', 'classifier_dir', 'num_eval_samples',
+        'ema_decay', 'dataset', 'data_dir', 'output_dir', 'classifier_dir', 'num_eval_samples',
         'num_train_examples', 'resume',
         'seed', 'num_devices', 'progress')})
 
@@ -264,6 +293,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     try:
+        config_lib.apply_config()  # --config file and --config.x.y overrides -> the flags
         runs.initialize_multiprocess()  # before anything touches the devices
         cfg = config_from_flags()
         train_ds, test_ds = input_pipeline.get_datasets(cfg.dataset, cfg.data_dir)
@@ -272,10 +302,10 @@ def main(argv):
         logging.info('%s: %d training and %d test images; output in %s', cfg.dataset,
                      len(train_ds['image']), len(test_ds['image']), cfg.output_dir)
         train(train_ds, test_ds, cfg)
-    except (input_pipeline.DataError, runs.UsageError) as e:
+    except (input_pipeline.DataError, runs.UsageError, config_lib.ConfigFlagError) as e:
         runs.exit_with_error(e)
 
 
 if __name__ == '__main__':
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=config_lib.flags_parser(__file__))  # adds --config

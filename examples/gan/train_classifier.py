@@ -42,7 +42,7 @@ def define_flags():
     """Defined only when run as a script, so that tests can import this file beside train.py."""
     flags.DEFINE_float('learning_rate', 0.1, 'Learning rate of SGD with momentum 0.9.')
     flags.DEFINE_integer('batch_size', 128, 'Batch size.')
-    flags.DEFINE_integer('num_epochs', 5, 'Number of training epochs.')
+    flags.DEFINE_integer('num_epochs', 15, 'Number of training epochs.')
     flags.DEFINE_enum('dataset', 'fashion_mnist', ['fashion_mnist', 'mnist'], 'The data set.')
     flags.DEFINE_string('data_dir', None, 'Folder with the four IDX files (see README).')
     flags.DEFINE_string('output_dir', '/tmp/flaxen_gan_classifier', 'Where the outputs go.')

@@ -46,9 +46,9 @@ def small_datasets(n_train=256, n_test=200):
 
 def config(out, **kw):
     cfg = dict(learning_rate=2e-4, beta1=0.5, batch_size=64, num_epochs=1, g_features=8,
-               d_features=8, dataset="fashion_mnist", data_dir=None, output_dir=str(out),
-               classifier_dir="", num_eval_samples=200, num_train_examples=0, resume=False,
-               seed=0, num_devices=1, progress=False)
+               d_features=8, ema_decay=0.999, dataset="fashion_mnist", data_dir=None,
+               output_dir=str(out), classifier_dir="", num_eval_samples=200,
+               num_train_examples=0, resume=False, seed=0, num_devices=1, progress=False)
     cfg.update(kw)
     return SimpleNamespace(**cfg)
 
@@ -124,6 +124,21 @@ def test_train_steps_update_both_networks_and_the_batchnorm_state():
     assert 0.0 <= float(images.min()) <= float(images.max()) <= 1.0
 
 
+def test_update_ema_matches_numpy():
+    generator, g_state, _ = train.create_models(jax.random.PRNGKey(0), 8, 8)
+    ema = {"generator": generator, "generator_state": g_state}
+    shifted = jax.tree.map(lambda x: x + 1.0, ema)  # the "trained" generator and state
+    for step, decay, expected_decay in ((1, 0.999, 2 / 11), (5000, 0.999, 5001 / 5010),
+                                         (10**5, 0.999, 0.999), (7, 0.0, 0.0)):
+        new = train.update_ema(ema, shifted["generator"], shifted["generator_state"], step,
+                               decay)
+        jax.tree.map(lambda n, e, x, d=expected_decay: np.testing.assert_allclose(
+            n, d * np.asarray(e, np.float64) + (1 - d) * np.asarray(x, np.float64),
+            rtol=1e-6, atol=1e-6), new, ema, shifted)
+    # decay 0 copies the generator bit for bit (--ema_decay=0 scores the generator itself).
+    jax.tree.map(np.testing.assert_array_equal, new, shifted)
+
+
 def baseline_params(generator, g_state, discriminator):
     """The flaxen parameters in the baseline's layout."""
     g, d = generator.params, discriminator.params
@@ -150,6 +165,8 @@ def test_plain_jax_baseline_trains_the_same_model():
     g_opt, d_opt = train.create_optimizers(generator, discriminator, 2e-4, 0.5)
     tx = optax.adam(2e-4, b1=0.5)
     b_state = (g, d, s, tx.init(g), tx.init(d))
+    ema = {"generator": generator, "generator_state": g_state}
+    b_ema = (g, s)
     step = baseline.make_train_step(tx)
     rng = np.random.RandomState(1)
     for i in range(3):
@@ -158,11 +175,15 @@ def test_plain_jax_baseline_trains_the_same_model():
         g_opt, d_opt, g_state, m = train.train_step(g_opt, d_opt, g_state, batch)
         with jax.numpy_dtype_promotion("standard"):  # optax is written for standard promotion
             *b_state, bm = step(*b_state, batch)
+        ema = train.update_ema(ema, g_opt.target, g_state, i + 1, 0.999)
+        b_ema = baseline.update_ema(b_ema, b_state[0], b_state[2], i + 1, 0.999)
         for k in m:
             np.testing.assert_allclose(float(m[k]), float(bm[k]), rtol=1e-4, atol=1e-6)
     close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)  # noqa: E731
     jax.tree.map(close, baseline_params(g_opt.target, g_state, d_opt.target),
                  (b_state[0], b_state[2], b_state[1]))
+    jax.tree.map(close, baseline_params(ema["generator"], ema["generator_state"],
+                                        d_opt.target)[:2], b_ema)
 
 
 @pytest.fixture(scope="module")
@@ -202,9 +223,9 @@ def test_resume_gives_the_same_result(tmp_path, classifier_dir):
     assert sorted(os.listdir(out / "checkpoints")) == ["checkpoint_1", "checkpoint_2"]
     # sample.py reads the generator and its state back from the checkpoint.
     generator, g_state, seed = sample.load(str(out), 2)
-    g_opt, _, final_state = host(resumed)
-    jax.tree.map(np.testing.assert_array_equal, g_opt.target.params, generator.params)
-    jax.tree.map(np.testing.assert_array_equal, final_state, g_state)
+    _, _, _, ema = host(resumed)
+    jax.tree.map(np.testing.assert_array_equal, ema["generator"].params, generator.params)
+    jax.tree.map(np.testing.assert_array_equal, ema["generator_state"], g_state)
     assert seed == 0
     # Another configuration in the same folder is refused, with the flag named.
     with pytest.raises(runs.UsageError, match="--seed=1 .the run has 0"):
@@ -232,6 +253,30 @@ def test_user_errors_are_one_clean_line(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("Error: ")
     assert "Traceback" not in proc.stderr
     assert "train-images-idx3-ubyte" in proc.stderr
+
+
+@pytest.mark.skipif(_fashion_mnist() is None, reason="apt-get install dataset-fashion-mnist")
+def test_config_overrides_reach_the_run(tmp_path):
+    """--config.x.y=value sets the flat flag (config.json records it); both ways is an error."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    script = str(REPO / "examples/gan/train.py")
+    proc = subprocess.run(
+        [sys.executable, script, "--config.model.g_features=8", "--config.model.d_features=8",
+         "--config.data.num_train_examples=128", "--config.num_epochs=1",
+         "--config.model.ema_decay=0.5", "--classifier_dir=", "--noprogress",
+         f"--output_dir={tmp_path / 'out'}"], capture_output=True, text=True, env=env,
+        timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (saved["g_features"], saved["d_features"], saved["num_train_examples"],
+            saved["ema_decay"]) == (8, 8, 128, 0.5)
+    assert len(metrics.read_jsonl(tmp_path / "out" / "metrics.jsonl")) == 1  # num_epochs=1
+    proc = subprocess.run([sys.executable, script, "--config.model.g_features=8",
+                           "--g_features=16", f"--output_dir={tmp_path / 'x'}"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert ("Error: --config.model.g_features=8 and --g_features=16 set the same thing"
+            in proc.stderr)
 
 
 def test_config_file_names_the_run(tmp_path):
