@@ -16,11 +16,13 @@ layer raises ``MissingStateError`` naming its path and this fix.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from flaxen.errors import LayerArgumentError, ShapeError, StateEntryMissingError
@@ -48,8 +50,30 @@ def _scale_and_shift(module: Module, y: jax.Array, shape: tuple[int, ...],
     return y
 
 
+def _cast(v: Any, dtype: Any) -> jax.Array:
+    """``v`` as an array of ``dtype``; emits nothing when it already is one."""
+    if not isinstance(v, jax.Array):
+        v = jnp.asarray(v)
+    return v if v.dtype == dtype else lax.convert_element_type(v, dtype)
+
+
+def _scalar(v: Any, dtype: Any) -> Any:
+    """A Python number as a float (a literal in the jaxpr), anything else cast."""
+    if isinstance(v, int | float | np.number) and not isinstance(v, bool):
+        return float(v)
+    return _cast(v, dtype)
+
+
 class BatchNorm(Module):
-    """Normalises over all axes but the feature ``axis``, with running statistics."""
+    """Normalises over all axes but the feature ``axis``, with running statistics.
+
+    Why the computation is laid out as it is: BatchNorm is most of a ResNet's trace time,
+    so it binds ``lax`` primitives directly (each ``jnp`` operator is a small jitted
+    function that tracing and autodiff pay for again at every call), reads the batch
+    once for the mean and the mean of squares, folds scale and inverse std into one
+    per-feature multiplier and shift (one full-size multiply and add, one saved tensor
+    for the backward pass), and casts only where dtypes differ.
+    """
 
     def apply(self, x: jax.Array, batch_stats: Any = None, use_running_average: bool = False,
               axis: int | Sequence[int] = -1, momentum: float = 0.99, epsilon: float = 1e-5,
@@ -60,7 +84,8 @@ class BatchNorm(Module):
         """Batch normalisation.
 
         Training (``use_running_average=False``): normalise with the batch mean and
-        variance (``E[x^2] - E[x]^2``), and update the state
+        variance (``E[x^2] - E[x]^2``, clamped at 0 against rounding; the clamp does not
+        enter the gradient), and update the state
         ``ra = momentum * ra + (1 - momentum) * batch_value`` for ``mean`` and ``var``
         (not at init, where they stay zeros and ones). Evaluation: normalise with the
         stored ``mean``/``var`` and write nothing.
@@ -87,7 +112,8 @@ class BatchNorm(Module):
         Raises:
           MissingStateError: no state collection is active (see the module docstring).
         """
-        x = jnp.asarray(x)
+        if not isinstance(x, jax.Array):
+            x = jnp.asarray(x)
         path = self.label
         if x.ndim < 1:
             raise ShapeError(path, "input rank", "rank >= 1", f"shape {x.shape}")
@@ -101,8 +127,10 @@ class BatchNorm(Module):
         red_axes = tuple(i for i in range(x.ndim) if i not in feat_axes)
         feat_shape = tuple(x.shape[a] for a in feat_axes)
         bcast = tuple(x.shape[i] if i in feat_axes else 1 for i in range(x.ndim))
-        xs = x.astype(_stats_dtype(x))
-        if use_running_average and not self.is_initializing():
+        initializing = self.is_initializing()
+        sdt = _stats_dtype(x)
+        xs = _cast(x, sdt)
+        if use_running_average and not initializing:
             ra_mean = self.state("mean", collection=batch_stats)
             ra_var = self.state("var", collection=batch_stats)
             if not (ra_mean.exists() and ra_var.exists()):
@@ -117,34 +145,43 @@ class BatchNorm(Module):
             if tuple(jnp.shape(mean)) != feat_shape:
                 raise ShapeError(path, "stored BatchNorm statistics", f"shape {feat_shape} "
                                  f"for input shape {x.shape}", f"shape {jnp.shape(mean)}")
-            mean, var = jnp.asarray(mean).astype(xs.dtype), jnp.asarray(var).astype(xs.dtype)
+            mean, var = _cast(mean, sdt), _cast(var, sdt)
         else:
-            mean = jnp.mean(xs, axis=red_axes)
-            mean2 = jnp.mean(lax.square(xs), axis=red_axes)
-            if axis_name is not None and not self.is_initializing():
+            n = float(math.prod(x.shape[i] for i in red_axes))
+            mean = lax.div(lax.reduce_sum(xs, red_axes), n)
+            mean2 = lax.div(lax.reduce_sum(lax.square(xs), red_axes), n)
+            if axis_name is not None and not initializing:
                 both = lax.pmean(jnp.stack([mean, mean2]), axis_name,
                                  axis_index_groups=axis_index_groups)
                 mean, mean2 = both[0], both[1]
-            var = jnp.maximum(mean2 - lax.square(mean), jnp.zeros((), mean.dtype))
-            if not self.is_initializing():
-                m = jnp.asarray(momentum, jnp.float32)
-                one = jnp.asarray(1.0, jnp.float32)
-                old_mean = jnp.asarray(ra_mean.value).astype(jnp.float32)
-                old_var = jnp.asarray(ra_var.value).astype(jnp.float32)
-                ra_mean.value = m * old_mean + (one - m) * mean.astype(jnp.float32)
-                ra_var.value = m * old_var + (one - m) * var.astype(jnp.float32)
-        # Fold the per-feature factors first, so y = x * mul + shift: autodiff then keeps
-        # one full-size tensor per BatchNorm instead of two (ResNet-50 peak memory).
-        mul = lax.rsqrt(var + jnp.asarray(epsilon, xs.dtype))
+            var = lax.sub(mean2, lax.square(mean))
+            # Clamp rounding below zero without differentiating max (its JVP alone is
+            # ten equations): var + (max(v, 0) - v) with v a gradient-free copy.
+            v = lax.stop_gradient(var)
+            var = lax.add(var, lax.sub(lax.max(v, 0.0), v))
+            if not initializing:
+                ra_mean.value = _ema(ra_mean.value, mean, momentum)
+                ra_var.value = _ema(ra_var.value, var, momentum)
+        mul = lax.rsqrt(lax.add(var, _scalar(epsilon, sdt)))
         if scale:
             s = param_for_input(self, "scale", feat_shape, scale_init, x.shape, param_dtype)
-            mul = mul * jnp.asarray(s).astype(xs.dtype)
-        shift = -mean * mul
+            mul = lax.mul(mul, _cast(s, sdt))
+        shift = lax.mul(mean, mul)
         if bias:
             b = param_for_input(self, "bias", feat_shape, bias_init, x.shape, param_dtype)
-            shift = shift + jnp.asarray(b).astype(xs.dtype)
-        y = xs * mul.reshape(bcast) + shift.reshape(bcast)
-        return y.astype(dtype)
+            shift = lax.sub(_cast(b, sdt), shift)
+        else:
+            shift = lax.neg(shift)
+        y = lax.add(lax.mul(xs, lax.reshape(mul, bcast)), lax.reshape(shift, bcast))
+        return y if dtype is None else _cast(y, jnp.dtype(dtype))
+
+
+def _ema(old: Any, new: jax.Array, momentum: Any) -> jax.Array:
+    """``momentum * old + (1 - momentum) * new`` in float32 (the stored dtype)."""
+    m = _scalar(momentum, jnp.float32)
+    rest = 1.0 - m if isinstance(m, float) else lax.sub(1.0, m)
+    return lax.add(lax.mul(_cast(old, jnp.float32), m),
+                   lax.mul(_cast(new, jnp.float32), rest))
 
 
 class LayerNorm(Module):
