@@ -16,6 +16,7 @@ layer raises ``MissingStateError`` naming its path and this fix.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -57,22 +58,69 @@ def _cast(v: Any, dtype: Any) -> jax.Array:
     return v if v.dtype == dtype else lax.convert_element_type(v, dtype)
 
 
-def _scalar(v: Any, dtype: Any) -> Any:
-    """A Python number as a float (a literal in the jaxpr), anything else cast."""
+def _static_number(v: Any) -> float | None:
+    """A Python/NumPy number as a float (a static jit argument); None for an array."""
     if isinstance(v, int | float | np.number) and not isinstance(v, bool):
         return float(v)
-    return _cast(v, dtype)
+    return None
+
+
+@functools.partial(jax.jit, inline=True, static_argnames=(
+    "train", "update", "red_axes", "bcast", "momentum", "epsilon", "axis_name",
+    "axis_index_groups", "out_dtype"))
+def _batch_norm(x: jax.Array, scale: Any, bias: Any, ra_mean: Any, ra_var: Any,
+                momentum_array: Any, epsilon_array: Any, *, train: bool, update: bool,
+                red_axes: tuple[int, ...], bcast: tuple[int, ...], momentum: float | None,
+                epsilon: float | None, axis_name: Any, axis_index_groups: Any,
+                out_dtype: Any) -> tuple[jax.Array, Any, Any]:
+    """BatchNorm's arithmetic: ``(y, new running mean, new running var)`` (None, None
+    unless ``update``). ``momentum``/``epsilon`` are static floats, or None when they
+    come as (traced) arrays in ``momentum_array``/``epsilon_array``."""
+    sdt = _stats_dtype(x)
+    xs = _cast(x, sdt)
+    new_mean = new_var = None
+    if train:
+        n = float(math.prod(x.shape[i] for i in red_axes))
+        mean = lax.div(lax.reduce_sum(xs, red_axes), n)
+        mean2 = lax.div(lax.reduce_sum(lax.square(xs), red_axes), n)
+        if axis_name is not None:  # one collective for both statistics
+            both = lax.pmean(jnp.stack([mean, mean2]), axis_name,
+                             axis_index_groups=axis_index_groups)
+            mean, mean2 = both[0], both[1]
+        var = lax.sub(mean2, lax.square(mean))
+        # Clamp rounding below zero without differentiating max (its JVP alone is ten
+        # equations): var + (max(v, 0) - v), v a gradient-free copy of var.
+        v = lax.stop_gradient(var)
+        var = lax.add(var, lax.sub(lax.max(v, 0.0), v))
+        if update:
+            m = momentum if momentum is not None else _cast(momentum_array, jnp.float32)
+            rest = 1.0 - m if isinstance(m, float) else lax.sub(1.0, m)
+            new_mean = lax.add(lax.mul(_cast(ra_mean, jnp.float32), m),
+                               lax.mul(_cast(mean, jnp.float32), rest))
+            new_var = lax.add(lax.mul(_cast(ra_var, jnp.float32), m),
+                              lax.mul(_cast(var, jnp.float32), rest))
+    else:
+        mean, var = _cast(ra_mean, sdt), _cast(ra_var, sdt)
+    eps = epsilon if epsilon is not None else _cast(epsilon_array, sdt)
+    mul = lax.rsqrt(lax.add(var, eps))
+    if scale is not None:
+        mul = lax.mul(mul, _cast(scale, sdt))
+    shift = lax.mul(mean, mul)
+    shift = lax.neg(shift) if bias is None else lax.sub(_cast(bias, sdt), shift)
+    y = lax.add(lax.mul(xs, lax.reshape(mul, bcast)), lax.reshape(shift, bcast))
+    return _cast(y, out_dtype), new_mean, new_var
 
 
 class BatchNorm(Module):
     """Normalises over all axes but the feature ``axis``, with running statistics.
 
-    Why the computation is laid out as it is: BatchNorm is most of a ResNet's trace time,
-    so it binds ``lax`` primitives directly (each ``jnp`` operator is a small jitted
-    function that tracing and autodiff pay for again at every call), reads the batch
-    once for the mean and the mean of squares, folds scale and inverse std into one
-    per-feature multiplier and shift (one full-size multiply and add, one saved tensor
-    for the backward pass), and casts only where dtypes differ.
+    Why the computation is laid out as it is: BatchNorm is most of a ResNet's trace
+    time, so its arithmetic is one inlined ``jax.jit`` function of ``lax`` primitives
+    (traced and linearised once per shape and configuration, then reused by every layer
+    of that shape), reads the batch once for the mean and the mean of squares, folds
+    scale and inverse std into one per-feature multiplier and shift (one full-size
+    multiply and add, one saved tensor for the backward pass), and casts only where
+    dtypes differ.
     """
 
     def apply(self, x: jax.Array, batch_stats: Any = None, use_running_average: bool = False,
@@ -128,8 +176,6 @@ class BatchNorm(Module):
         feat_shape = tuple(x.shape[a] for a in feat_axes)
         bcast = tuple(x.shape[i] if i in feat_axes else 1 for i in range(x.ndim))
         initializing = self.is_initializing()
-        sdt = _stats_dtype(x)
-        xs = _cast(x, sdt)
         if use_running_average and not initializing:
             ra_mean = self.state("mean", collection=batch_stats)
             ra_var = self.state("var", collection=batch_stats)
@@ -140,48 +186,32 @@ class BatchNorm(Module):
         else:
             ra_mean = self.state("mean", feat_shape, initializers.zeros, collection=batch_stats)
             ra_var = self.state("var", feat_shape, initializers.ones, collection=batch_stats)
-        if use_running_average:
-            mean, var = ra_mean.value, ra_var.value
-            if tuple(jnp.shape(mean)) != feat_shape:
+        old_mean, old_var = ra_mean.value, ra_var.value
+        train = not use_running_average
+        update = train and not initializing
+        for stored in (old_mean, old_var) if update or not train else ():
+            if tuple(jnp.shape(stored)) != feat_shape:
                 raise ShapeError(path, "stored BatchNorm statistics", f"shape {feat_shape} "
-                                 f"for input shape {x.shape}", f"shape {jnp.shape(mean)}")
-            mean, var = _cast(mean, sdt), _cast(var, sdt)
-        else:
-            n = float(math.prod(x.shape[i] for i in red_axes))
-            mean = lax.div(lax.reduce_sum(xs, red_axes), n)
-            mean2 = lax.div(lax.reduce_sum(lax.square(xs), red_axes), n)
-            if axis_name is not None and not initializing:
-                both = lax.pmean(jnp.stack([mean, mean2]), axis_name,
-                                 axis_index_groups=axis_index_groups)
-                mean, mean2 = both[0], both[1]
-            var = lax.sub(mean2, lax.square(mean))
-            # Clamp rounding below zero without differentiating max (its JVP alone is
-            # ten equations): var + (max(v, 0) - v) with v a gradient-free copy.
-            v = lax.stop_gradient(var)
-            var = lax.add(var, lax.sub(lax.max(v, 0.0), v))
-            if not initializing:
-                ra_mean.value = _ema(ra_mean.value, mean, momentum)
-                ra_var.value = _ema(ra_var.value, var, momentum)
-        mul = lax.rsqrt(lax.add(var, _scalar(epsilon, sdt)))
+                                 f"for input shape {x.shape}", f"shape {jnp.shape(stored)}")
+        s = b = None
         if scale:
             s = param_for_input(self, "scale", feat_shape, scale_init, x.shape, param_dtype)
-            mul = lax.mul(mul, _cast(s, sdt))
-        shift = lax.mul(mean, mul)
         if bias:
             b = param_for_input(self, "bias", feat_shape, bias_init, x.shape, param_dtype)
-            shift = lax.sub(_cast(b, sdt), shift)
-        else:
-            shift = lax.neg(shift)
-        y = lax.add(lax.mul(xs, lax.reshape(mul, bcast)), lax.reshape(shift, bcast))
-        return y if dtype is None else _cast(y, jnp.dtype(dtype))
-
-
-def _ema(old: Any, new: jax.Array, momentum: Any) -> jax.Array:
-    """``momentum * old + (1 - momentum) * new`` in float32 (the stored dtype)."""
-    m = _scalar(momentum, jnp.float32)
-    rest = 1.0 - m if isinstance(m, float) else lax.sub(1.0, m)
-    return lax.add(lax.mul(_cast(old, jnp.float32), m),
-                   lax.mul(_cast(new, jnp.float32), rest))
+        static_m, static_eps = _static_number(momentum), _static_number(epsilon)
+        groups = (None if axis_index_groups is None
+                  else tuple(tuple(int(i) for i in g) for g in axis_index_groups))
+        if train and not update:
+            old_mean = old_var = None  # batch statistics only: nothing to read
+        y, new_mean, new_var = _batch_norm(
+            x, s, b, old_mean, old_var, momentum if static_m is None else None,
+            epsilon if static_eps is None else None, train=train, update=update,
+            red_axes=red_axes, bcast=bcast, momentum=static_m, epsilon=static_eps,
+            axis_name=None if initializing else axis_name, axis_index_groups=groups,
+            out_dtype=None if dtype is None else jnp.dtype(dtype))
+        if update:
+            ra_mean.value, ra_var.value = new_mean, new_var
+        return y
 
 
 class LayerNorm(Module):
