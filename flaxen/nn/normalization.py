@@ -65,6 +65,11 @@ def _static_number(v: Any) -> float | None:
     return None
 
 
+def _hashable(axis_name: Any) -> Any:
+    """A list of axis names as a tuple (a static jit argument must be hashable)."""
+    return tuple(axis_name) if isinstance(axis_name, list) else axis_name
+
+
 @functools.partial(jax.jit, inline=True, static_argnames=(
     "train", "update", "red_axes", "bcast", "momentum", "epsilon", "axis_name",
     "axis_index_groups", "out_dtype"))
@@ -207,7 +212,7 @@ class BatchNorm(Module):
             x, s, b, old_mean, old_var, momentum if static_m is None else None,
             epsilon if static_eps is None else None, train=train, update=update,
             red_axes=red_axes, bcast=bcast, momentum=static_m, epsilon=static_eps,
-            axis_name=None if initializing else axis_name, axis_index_groups=groups,
+            axis_name=None if initializing else _hashable(axis_name), axis_index_groups=groups,
             out_dtype=None if dtype is None else jnp.dtype(dtype))
         if update:
             ra_mean.value, ra_var.value = new_mean, new_var

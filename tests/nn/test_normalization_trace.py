@@ -140,3 +140,18 @@ def test_stored_statistics_of_another_shape_are_refused_in_training():
     bad = nn.Collection({"/": {"mean": jnp.zeros((3,)), "var": jnp.ones((3,))}})
     with pytest.raises(ShapeError, match=r"stored BatchNorm statistics.*shape \(8,\)"):
         model.call_with_state(params, bad, X)
+
+
+def test_list_of_axis_names_equals_full_batch():
+    x = jax.random.normal(jax.random.PRNGKey(4), (2, 2, 4, 3)) * 2 + 1
+    model, params, state = _setup(x.reshape(16, 3))
+    y_full, s_full = model.call_with_state(params, state, x.reshape(16, 3))
+
+    def one(xb):
+        return model.call_with_state(params, state, xb, axis_name=["a", "b"])
+
+    y, s = jax.vmap(jax.vmap(one, axis_name="b"), axis_name="a")(x)
+    np.testing.assert_allclose(np.asarray(y).reshape(16, 3), np.asarray(y_full), rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(s["/"]["var"][1, 0]), np.asarray(s_full["/"]["var"]),
+                               rtol=1e-5, atol=1e-6)
