@@ -16,11 +16,14 @@ layer raises ``MissingStateError`` naming its path and this fix.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from flaxen.errors import LayerArgumentError, ShapeError, StateEntryMissingError
@@ -48,8 +51,82 @@ def _scale_and_shift(module: Module, y: jax.Array, shape: tuple[int, ...],
     return y
 
 
+def _cast(v: Any, dtype: Any) -> jax.Array:
+    """``v`` as an array of ``dtype``; emits nothing when it already is one."""
+    if not isinstance(v, jax.Array):
+        v = jnp.asarray(v)
+    return v if v.dtype == dtype else lax.convert_element_type(v, dtype)
+
+
+def _static_number(v: Any) -> float | None:
+    """A Python/NumPy number as a float (a static jit argument); None for an array."""
+    if isinstance(v, int | float | np.number) and not isinstance(v, bool):
+        return float(v)
+    return None
+
+
+def _hashable(axis_name: Any) -> Any:
+    """A list of axis names as a tuple (a static jit argument must be hashable)."""
+    return tuple(axis_name) if isinstance(axis_name, list) else axis_name
+
+
+@functools.partial(jax.jit, inline=True, static_argnames=(
+    "train", "update", "red_axes", "bcast", "momentum", "epsilon", "axis_name",
+    "axis_index_groups", "out_dtype"))
+def _batch_norm(x: jax.Array, scale: Any, bias: Any, ra_mean: Any, ra_var: Any,
+                momentum_array: Any, epsilon_array: Any, *, train: bool, update: bool,
+                red_axes: tuple[int, ...], bcast: tuple[int, ...], momentum: float | None,
+                epsilon: float | None, axis_name: Any, axis_index_groups: Any,
+                out_dtype: Any) -> tuple[jax.Array, Any, Any]:
+    """BatchNorm's arithmetic: ``(y, new running mean, new running var)`` (None, None
+    unless ``update``). ``momentum``/``epsilon`` are static floats, or None when they
+    come as (traced) arrays in ``momentum_array``/``epsilon_array``."""
+    sdt = _stats_dtype(x)
+    xs = _cast(x, sdt)
+    new_mean = new_var = None
+    if train:
+        n = float(math.prod(x.shape[i] for i in red_axes))
+        mean = lax.div(lax.reduce_sum(xs, red_axes), n)
+        mean2 = lax.div(lax.reduce_sum(lax.square(xs), red_axes), n)
+        if axis_name is not None:  # one collective for both statistics
+            both = lax.pmean(jnp.stack([mean, mean2]), axis_name,
+                             axis_index_groups=axis_index_groups)
+            mean, mean2 = both[0], both[1]
+        var = lax.sub(mean2, lax.square(mean))
+        # Clamp rounding below zero without differentiating max (its JVP alone is ten
+        # equations): var + (max(v, 0) - v), v a gradient-free copy of var.
+        v = lax.stop_gradient(var)
+        var = lax.add(var, lax.sub(lax.max(v, 0.0), v))
+        if update:
+            m = momentum if momentum is not None else _cast(momentum_array, jnp.float32)
+            rest = 1.0 - m if isinstance(m, float) else lax.sub(1.0, m)
+            new_mean = lax.add(lax.mul(_cast(ra_mean, jnp.float32), m),
+                               lax.mul(_cast(mean, jnp.float32), rest))
+            new_var = lax.add(lax.mul(_cast(ra_var, jnp.float32), m),
+                              lax.mul(_cast(var, jnp.float32), rest))
+    else:
+        mean, var = _cast(ra_mean, sdt), _cast(ra_var, sdt)
+    eps = epsilon if epsilon is not None else _cast(epsilon_array, sdt)
+    mul = lax.rsqrt(lax.add(var, eps))
+    if scale is not None:
+        mul = lax.mul(mul, _cast(scale, sdt))
+    shift = lax.mul(mean, mul)
+    shift = lax.neg(shift) if bias is None else lax.sub(_cast(bias, sdt), shift)
+    y = lax.add(lax.mul(xs, lax.reshape(mul, bcast)), lax.reshape(shift, bcast))
+    return _cast(y, out_dtype), new_mean, new_var
+
+
 class BatchNorm(Module):
-    """Normalises over all axes but the feature ``axis``, with running statistics."""
+    """Normalises over all axes but the feature ``axis``, with running statistics.
+
+    Why the computation is laid out as it is: BatchNorm is most of a ResNet's trace
+    time, so its arithmetic is one inlined ``jax.jit`` function of ``lax`` primitives
+    (traced and linearised once per shape and configuration, then reused by every layer
+    of that shape), reads the batch once for the mean and the mean of squares, folds
+    scale and inverse std into one per-feature multiplier and shift (one full-size
+    multiply and add, one saved tensor for the backward pass), and casts only where
+    dtypes differ.
+    """
 
     def apply(self, x: jax.Array, batch_stats: Any = None, use_running_average: bool = False,
               axis: int | Sequence[int] = -1, momentum: float = 0.99, epsilon: float = 1e-5,
@@ -60,7 +137,8 @@ class BatchNorm(Module):
         """Batch normalisation.
 
         Training (``use_running_average=False``): normalise with the batch mean and
-        variance (``E[x^2] - E[x]^2``), and update the state
+        variance (``E[x^2] - E[x]^2``, clamped at 0 against rounding; the clamp does not
+        enter the gradient), and update the state
         ``ra = momentum * ra + (1 - momentum) * batch_value`` for ``mean`` and ``var``
         (not at init, where they stay zeros and ones). Evaluation: normalise with the
         stored ``mean``/``var`` and write nothing.
@@ -87,7 +165,8 @@ class BatchNorm(Module):
         Raises:
           MissingStateError: no state collection is active (see the module docstring).
         """
-        x = jnp.asarray(x)
+        if not isinstance(x, jax.Array):
+            x = jnp.asarray(x)
         path = self.label
         if x.ndim < 1:
             raise ShapeError(path, "input rank", "rank >= 1", f"shape {x.shape}")
@@ -101,8 +180,8 @@ class BatchNorm(Module):
         red_axes = tuple(i for i in range(x.ndim) if i not in feat_axes)
         feat_shape = tuple(x.shape[a] for a in feat_axes)
         bcast = tuple(x.shape[i] if i in feat_axes else 1 for i in range(x.ndim))
-        xs = x.astype(_stats_dtype(x))
-        if use_running_average and not self.is_initializing():
+        initializing = self.is_initializing()
+        if use_running_average and not initializing:
             ra_mean = self.state("mean", collection=batch_stats)
             ra_var = self.state("var", collection=batch_stats)
             if not (ra_mean.exists() and ra_var.exists()):
@@ -112,39 +191,32 @@ class BatchNorm(Module):
         else:
             ra_mean = self.state("mean", feat_shape, initializers.zeros, collection=batch_stats)
             ra_var = self.state("var", feat_shape, initializers.ones, collection=batch_stats)
-        if use_running_average:
-            mean, var = ra_mean.value, ra_var.value
-            if tuple(jnp.shape(mean)) != feat_shape:
+        old_mean, old_var = ra_mean.value, ra_var.value
+        train = not use_running_average
+        update = train and not initializing
+        for stored in (old_mean, old_var) if update or not train else ():
+            if tuple(jnp.shape(stored)) != feat_shape:
                 raise ShapeError(path, "stored BatchNorm statistics", f"shape {feat_shape} "
-                                 f"for input shape {x.shape}", f"shape {jnp.shape(mean)}")
-            mean, var = jnp.asarray(mean).astype(xs.dtype), jnp.asarray(var).astype(xs.dtype)
-        else:
-            mean = jnp.mean(xs, axis=red_axes)
-            mean2 = jnp.mean(lax.square(xs), axis=red_axes)
-            if axis_name is not None and not self.is_initializing():
-                both = lax.pmean(jnp.stack([mean, mean2]), axis_name,
-                                 axis_index_groups=axis_index_groups)
-                mean, mean2 = both[0], both[1]
-            var = jnp.maximum(mean2 - lax.square(mean), jnp.zeros((), mean.dtype))
-            if not self.is_initializing():
-                m = jnp.asarray(momentum, jnp.float32)
-                one = jnp.asarray(1.0, jnp.float32)
-                old_mean = jnp.asarray(ra_mean.value).astype(jnp.float32)
-                old_var = jnp.asarray(ra_var.value).astype(jnp.float32)
-                ra_mean.value = m * old_mean + (one - m) * mean.astype(jnp.float32)
-                ra_var.value = m * old_var + (one - m) * var.astype(jnp.float32)
-        # Fold the per-feature factors first, so y = x * mul + shift: autodiff then keeps
-        # one full-size tensor per BatchNorm instead of two (ResNet-50 peak memory).
-        mul = lax.rsqrt(var + jnp.asarray(epsilon, xs.dtype))
+                                 f"for input shape {x.shape}", f"shape {jnp.shape(stored)}")
+        s = b = None
         if scale:
             s = param_for_input(self, "scale", feat_shape, scale_init, x.shape, param_dtype)
-            mul = mul * jnp.asarray(s).astype(xs.dtype)
-        shift = -mean * mul
         if bias:
             b = param_for_input(self, "bias", feat_shape, bias_init, x.shape, param_dtype)
-            shift = shift + jnp.asarray(b).astype(xs.dtype)
-        y = xs * mul.reshape(bcast) + shift.reshape(bcast)
-        return y.astype(dtype)
+        static_m, static_eps = _static_number(momentum), _static_number(epsilon)
+        groups = (None if axis_index_groups is None
+                  else tuple(tuple(int(i) for i in g) for g in axis_index_groups))
+        if train and not update:
+            old_mean = old_var = None  # batch statistics only: nothing to read
+        y, new_mean, new_var = _batch_norm(
+            x, s, b, old_mean, old_var, momentum if static_m is None else None,
+            epsilon if static_eps is None else None, train=train, update=update,
+            red_axes=red_axes, bcast=bcast, momentum=static_m, epsilon=static_eps,
+            axis_name=None if initializing else _hashable(axis_name), axis_index_groups=groups,
+            out_dtype=None if dtype is None else jnp.dtype(dtype))
+        if update:
+            ra_mean.value, ra_var.value = new_mean, new_var
+        return y
 
 
 class LayerNorm(Module):
