@@ -1,7 +1,9 @@
 """Benchmark 3: ResNet-50 (batch 8, 224x224) train step with BatchNorm state.
 
-Measures, for plain JAX, flaxen (the ImageNet example's model) and Flax Linen:
-- trace and lower: ``jax.jit(step).trace(*args).lower()`` of a fresh function (no cache);
+Measures, for plain JAX, flaxen (the ImageNet example's model), Flax Linen, Flax NNX
+(``nnx.jit``, and split/merge around ``jax.jit``), Equinox (``eqx.filter_jit``) and Haiku:
+- trace and lower: ``jit(step).lower(*args)`` of a fresh function (no cache), with the
+  library's own ``jit`` (``jax.jit``, ``nnx.jit``, ``eqx.filter_jit``);
 - compile: ``lowered.compile()``;
 - peak memory of the compiled step: ``memory_analysis()`` arguments + outputs + temporaries
   - aliased bytes (what XLA plans to hold at once; nothing is donated);
@@ -25,14 +27,30 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import resnet_models as rm
+from benchmarks import resnet_peers as rp
 from benchmarks.common import Skip
 from benchmarks.harness import Row, interleaved_one_shot, rows_from_times
 
 BASELINE = "plain JAX"
+SETUPS: dict[str, Callable[[jax.Array, jax.Array, tuple[int, ...]], rm.Setup]] = {
+    BASELINE: rm.plain_setup,
+    "flaxen": rm.flaxen_setup,
+    "Flax Linen": rm.linen_setup,
+    "Flax NNX (nnx.jit)": rp.nnx_jit_setup,
+    "Flax NNX (split/merge)": rp.nnx_split_setup,
+    "Equinox": rp.equinox_setup,
+    "Haiku": rp.haiku_setup,
+}
+PEERS = set(SETUPS) - {BASELINE, "flaxen"}
+
+
+def _xla(compiled: Any) -> Any:
+    """The ``jax.stages.Compiled`` inside a library's wrapper (Equinox wraps it)."""
+    return compiled if hasattr(compiled, "memory_analysis") else compiled.compiled
 
 
 def _peak_bytes(compiled: Any) -> float | None:
-    m = compiled.memory_analysis()
+    m = _xla(compiled).memory_analysis()
     if m is None:
         return None
     return float(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
@@ -40,15 +58,16 @@ def _peak_bytes(compiled: Any) -> float | None:
 
 
 def _flops(compiled: Any) -> float:
-    cost = compiled.cost_analysis()
+    cost = _xla(compiled).cost_analysis()
     if isinstance(cost, list | tuple):
         cost = cost[0] if cost else {}
     return float((cost or {}).get("flops", 0.0))
 
 
-def _trace_lower(step: Any, args: tuple) -> Any:
+def _trace_lower(setup: rm.Setup) -> Any:
+    step = setup.step
     fresh = functools.wraps(step)(lambda *a: step(*a))  # a new function: no tracing cache hit
-    return jax.jit(fresh).trace(*args).lower()
+    return setup.jit(fresh).lower(*setup.args)
 
 
 def _init_by_shape_flops(stages: tuple[int, ...], image: int, batch: int) -> dict[int, float]:
@@ -98,15 +117,15 @@ def run(quick: bool, peers: bool = True) -> list[Row]:
     y = jnp.zeros((batch,), jnp.int32)
     setups: dict[str, Any] = {}
     skipped: dict[str, str] = {}
-    for name, make in rm.SETUPS.items():
-        if name in rm.PEERS and not peers:
+    for name, make in SETUPS.items():
+        if name in PEERS and not peers:
             continue
         try:
             setups[name] = make(x, y, stages)
         except Skip as e:
             skipped[name] = f"skipped: {e}"
         except Exception as e:
-            if name not in rm.PEERS:
+            if name not in PEERS:
                 raise
             skipped[name] = f"skipped: {type(e).__name__}: {e}"[:200]
 
@@ -115,13 +134,11 @@ def run(quick: bool, peers: bool = True) -> list[Row]:
 
     def trace(name: str) -> None:
         jax.clear_caches()
-        step, args, _ = setups[name]
-        lowered[name] = _trace_lower(step, args)
+        lowered[name] = _trace_lower(setups[name])
 
     def compile_(name: str) -> float:
         jax.clear_caches()
-        step, args, _ = setups[name]
-        fresh = _trace_lower(step, args)  # a Lowered caches its compile: never reuse one
+        fresh = _trace_lower(setups[name])  # a Lowered caches its compile: never reuse one
         start = time.perf_counter()
         compiled[name] = fresh.compile()
         return time.perf_counter() - start
@@ -130,7 +147,7 @@ def run(quick: bool, peers: bool = True) -> list[Row]:
 
     def init(name: str) -> None:
         jax.clear_caches()
-        fn = setups[name][2]
+        fn = setups[name].init
         compiled = jax.jit(lambda k: fn(k)).lower(jax.random.PRNGKey(1)).compile()
         jax.block_until_ready(compiled(jax.random.PRNGKey(1)))
         init_flops[name] = _flops(compiled)

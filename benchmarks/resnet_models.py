@@ -1,19 +1,21 @@
 """ResNet-50 v1.5 train steps with BatchNorm state: plain JAX, flaxen, Flax Linen.
 
-All three have the layout of ``examples/imagenet/models.py``: 7x7/2 stem (padding 3),
-BatchNorm (momentum 0.9, epsilon 1e-5, batch statistics in training), relu, 3x3/2
-max-pool (padding 1), bottleneck blocks (3, 4, 6, 3) with the stride on the 3x3 conv and
+Flax NNX, Equinox and Haiku are in ``benchmarks/resnet_peers.py``. All of them have the
+layout of ``examples/imagenet/models.py``: 7x7/2 stem (padding 3), BatchNorm (momentum
+0.9, epsilon 1e-5, batch statistics in training), relu, 3x3/2 max-pool (padding 1),
+bottleneck blocks (3, 4, 6, 3) with the stride on the 3x3 conv and
 a projection shortcut where shapes change, global mean pool, Dense, log_softmax.
-Convolutions have no bias. Each ``*_setup`` returns ``(step, args, init_fn)``: a train
-step ``step(*args) -> new args`` to trace/compile, its example arguments, and
-``init_fn(key)`` that creates parameters and state (to time under ``jax.jit``).
+Convolutions have no bias. Each ``*_setup`` returns a ``Setup``: a train step
+``step(*args)`` to trace/compile, its example arguments, ``init(key)`` that creates
+parameters and state (to time under ``jax.jit``), and the library's own ``jit`` (``jax.jit``
+unless its documentation recommends another: ``nnx.jit``, ``eqx.filter_jit``).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,10 +27,22 @@ STAGES = (3, 4, 6, 3)
 EPS = 1e-5
 MOMENTUM = 0.9
 CLASSES = 1000
-Setup = tuple[Callable[..., Any], tuple, Callable[[jax.Array], Any]]
 
 
-def _blocks(stages: tuple[int, ...]) -> Iterator[tuple[str, int, int, bool]]:
+class Setup(NamedTuple):
+    """One implementation's train step, its arguments, its init, and the jit to trace with.
+
+    ``jit(fn)`` must return an object with ``.lower(*args)`` (``jax.jit``, ``nnx.jit``,
+    ``eqx.filter_jit`` all do).
+    """
+
+    step: Callable[..., Any]
+    args: tuple
+    init: Callable[[jax.Array], Any]
+    jit: Callable[[Callable[..., Any]], Any] = jax.jit
+
+
+def blocks(stages: tuple[int, ...]) -> Iterator[tuple[str, int, int, bool]]:
     """(name, filters, stride, has projection) of every bottleneck block."""
     for i, size in enumerate(stages):
         for j in range(size):
@@ -54,7 +68,7 @@ def plain_init(key: jax.Array, stages: tuple[int, ...] = STAGES) -> tuple[dict, 
     stats["stem"] = {}
     bn("bn", 64, params["stem"], stats["stem"])
     cin = 64
-    for name, f, _, proj in _blocks(stages):
+    for name, f, _, proj in blocks(stages):
         p: dict[str, Any] = {}
         s: dict[str, Any] = {}
         for k, (kh, a, b) in enumerate(((1, cin, f), (3, f, f), (1, f, 4 * f))):
@@ -94,7 +108,7 @@ def plain_apply(params: dict, stats: dict, x: jax.Array,
     x, new["stem"]["bn"] = _bn(params["stem"]["bn"], stats["stem"]["bn"], x)
     x = lax.reduce_window(jax.nn.relu(x), -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
                           ((0, 0), (1, 1), (1, 1), (0, 0)))
-    for name, _, stride, proj in _blocks(stages):
+    for name, _, stride, proj in blocks(stages):
         p, s, n = params[name], stats[name], {}
         y = x
         for k, st in enumerate((1, stride, 1)):
@@ -124,7 +138,7 @@ def plain_setup(x: jax.Array, y: jax.Array, stages: tuple[int, ...]) -> Setup:
         params, mom = momentum_update(params, mom, grads)
         return params, mom, new_stats
 
-    return step, (params, mom, stats, x, y), init
+    return Setup(step, (params, mom, stats, x, y), init)
 
 
 def flaxen_module(stages: tuple[int, ...] = STAGES) -> Any:
@@ -153,7 +167,7 @@ def flaxen_setup(x: jax.Array, y: jax.Array, stages: tuple[int, ...]) -> Setup:
         _, params, state = model_def.init_with_state(key, jnp.zeros(x.shape, x.dtype))
         return params, state
 
-    return step, (optimizer, state, x, y), init
+    return Setup(step, (optimizer, state, x, y), init)
 
 
 def linen_module(stages: tuple[int, ...] = STAGES) -> Any:
@@ -189,7 +203,7 @@ def linen_module(stages: tuple[int, ...] = STAGES) -> Any:
             x = ln.Conv(64, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False)(x)
             x = ln.BatchNorm(use_running_average=False, momentum=MOMENTUM, epsilon=EPS)(x)
             x = ln.max_pool(ln.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-            for _, f, stride, proj in _blocks(stages):
+            for _, f, stride, proj in blocks(stages):
                 x = Bottleneck(f, stride, proj)(x)
             x = jnp.mean(x, axis=(1, 2))
             return ln.log_softmax(ln.Dense(CLASSES)(x))
@@ -217,12 +231,5 @@ def linen_setup(x: jax.Array, y: jax.Array, stages: tuple[int, ...]) -> Setup:
     def init(key):
         return model.init(key, jnp.zeros(x.shape, x.dtype))
 
-    return step, (state, variables["batch_stats"], x, y), init
+    return Setup(step, (state, variables["batch_stats"], x, y), init)
 
-
-SETUPS: dict[str, Callable[[jax.Array, jax.Array, tuple[int, ...]], Setup]] = {
-    "plain JAX": plain_setup,
-    "flaxen": flaxen_setup,
-    "Flax Linen": linen_setup,
-}
-PEERS = {"Flax Linen"}
