@@ -507,6 +507,7 @@ def train_and_evaluate(args: TrainArgs) -> dict[str, Any]:
             row = {"eval_loss_random_windows": evaluate_random_windows(
                 optimizer.target, dataset.eval, args)}
             log(result["final_step"], row)
+            allocator.release_free_memory()
         if args.sample_length > 0 and main_process:
             params = optimizer.unreplicate().target.params
             text = generate.sample_text(params, config, tokenizer, args.prompt,
@@ -516,6 +517,7 @@ def train_and_evaluate(args: TrainArgs) -> dict[str, Any]:
             with open(os.path.join(args.output_dir, "sample.txt"), "w", encoding="utf-8") as f:
                 f.write(text)
             tb.text("sample", text, result["final_step"])
+            allocator.release_free_memory()  # before matplotlib, the last peak
     if args.plot and main_process:
         plot_curves(os.path.join(args.output_dir, "metrics.jsonl"),
                     os.path.join(args.output_dir, "curves.png"),
@@ -600,6 +602,7 @@ def _train_loop(optimizer: optim.Optimizer, dataset: input_pipeline.Dataset, arg
                 row = {"eval_loss": loss, "eval_perplexity": float(min(math.exp(loss), 1e4))}
                 bar.write(f"step {done}: held-out loss {loss:.4f} "
                           f"(perplexity {row['eval_perplexity']:.2f})")
+                allocator.release_free_memory()  # e.g. eval_sums' compile temporaries
             log(done, row)
         queued.clear()
 
