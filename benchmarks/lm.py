@@ -10,8 +10,15 @@ heads, 4 layers, batch 12 x 64, AdamW with weight decay, clipping and nanoGPT's
 schedule): the lm1b example's own steps, ``train_step`` (one step per call) and
 ``train_steps`` (10 per call, ``lax.scan``, donated optimizer: what the example runs),
 against the PyTorch re-implementation of nanoGPT in ``benchmarks/nanogpt_torch.py``
-(skipped with the reason when PyTorch is not installed). Whole 2,000-step runs of both
-are compared in ``examples/lm1b/README.md``.
+(skipped with the reason when PyTorch is not installed).
+
+Third table (full mode only): whole 2,000-step runs, each in a fresh process, interleaved
+(flaxen, nanoGPT on 1 thread, nanoGPT on PyTorch's default threads, then again in a
+rotated order): ``python -m examples.lm1b.train`` with its defaults, exactly as a user
+runs it (its allocator settings and loop included), against
+``python -m benchmarks.nanogpt_torch``: wall, CPU and system time and peak RSS of each
+process, and the held-out loss under nanoGPT's protocol (and flaxen's over every held-out
+window). Needs ``$FLAXEN_DATA/tinyshakespeare.txt``. See ``examples/lm1b/README.md``.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from benchmarks.common import (
     load_example,
     momentum_update,
 )
-from benchmarks.harness import Row, interleaved, rows_from_times
+from benchmarks.harness import Row, interleaved, rows_from_times, spread
 from benchmarks.nanogpt_torch import torch as _torch
 
 VOCAB, WIDTH, HEADS, MLP, LENGTH, BATCH = 256, 128, 4, 512, 64, 16
@@ -136,7 +143,7 @@ def run(quick: bool, peers: bool = True) -> list[Row]:
     return (rows_from_times(bench, times, BASELINE, unit="ms",
                             throughput_items=BATCH * LENGTH, throughput_unit="tokens/s")
             + rows_from_times(bench, cpu, BASELINE, "CPU time/step", "ms") + rows
-            + nanogpt_config_rows(quick))
+            + nanogpt_config_rows(quick) + whole_run_rows(quick))
 
 
 NANO_VOCAB, NANO_BATCH, NANO_CONTEXT, STEPS_PER_CALL = 65, 12, 64, 10
@@ -177,7 +184,7 @@ def _nano_flaxen(layers: int, steps_per_call: int) -> Any:
     return run
 
 
-def _nano_torch(layers: int) -> Any:
+def _nano_torch(layers: int, threads: int = 0) -> Any:
     if _torch is None:
         raise Skip("PyTorch is not installed (pip install torch to compare with nanoGPT)")
     import numpy as np
@@ -195,8 +202,17 @@ def _nano_torch(layers: int) -> Any:
     data = (np.arange(20_000) * 7 % NANO_VOCAB).astype(np.uint16)
     it = [0]
 
+    default_threads = _torch.get_num_threads()
+
     def run(n: int) -> None:  # n blocks of STEPS_PER_CALL steps
-        for _ in range(n * STEPS_PER_CALL):
+        _torch.set_num_threads(threads or default_threads)  # process-wide: set each run
+        try:
+            _steps(n * STEPS_PER_CALL)
+        finally:
+            _torch.set_num_threads(default_threads)
+
+    def _steps(count: int) -> None:
+        for _ in range(count):
             for g in opt.param_groups:
                 g["lr"] = ng.lr_at(it[0], a)
             x, y = ng.get_batch(data, NANO_BATCH, NANO_CONTEXT)
@@ -224,7 +240,9 @@ def nanogpt_config_rows(quick: bool) -> list[Row]:
     except Skip as e:
         return [Row(bench, "flaxen example", "step time", "ms", None, note=f"skipped: {e}")]
     try:
-        runs["nanoGPT (PyTorch re-impl.)"] = _nano_torch(layers)
+        runs["nanoGPT (PyTorch re-impl., 1 thread)"] = _nano_torch(layers, 1)
+        runs[f"nanoGPT (PyTorch re-impl., {_torch.get_num_threads()} threads)"] = (
+            _nano_torch(layers))
     except Skip as e:
         rows.append(Row(bench, "nanoGPT (PyTorch re-impl.)", "step time", "ms", None,
                         note=f"skipped: {e}"))
@@ -239,3 +257,111 @@ def nanogpt_config_rows(quick: bool) -> list[Row]:
                             throughput_items=NANO_BATCH * NANO_CONTEXT,
                             throughput_unit="tokens/s")
             + rows_from_times(bench, cpu, NANO_BASELINE, "CPU time/step", "ms") + rows)
+
+
+# -- Whole runs: the example's command against nanoGPT's, as a user runs them ----------------
+
+RUN_STEPS = 2000
+
+
+def _whole_run(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """Runs ``cmd`` to the end; its wall time, CPU time and peak RSS (from the child's own
+    ``rusage``) and the JSON summary it prints last (``{`` ... ``}``)."""
+    import json
+    import os
+    import subprocess
+    import tempfile
+    import time
+
+    with tempfile.TemporaryFile("w+") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}: {text[-2000:]}")
+    summary: dict[str, Any] = {}
+    decoder = json.JSONDecoder()
+    for i, ch in enumerate(text):  # the last JSON object printed at the start of a line
+        if ch == "{" and (i == 0 or text[i - 1] == "\n"):
+            try:
+                summary = decoder.raw_decode(text, i)[0]
+            except ValueError:
+                continue
+    return {"wall_s": wall, "user_s": usage.ru_utime, "sys_s": usage.ru_stime,
+            "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024,
+            **summary}
+
+
+def whole_run_rows(quick: bool, repeats: int = 2, steps: int = RUN_STEPS) -> list[Row]:
+    """2,000-step runs of ``python -m examples.lm1b.train`` (its defaults: what a user
+    gets) and of ``benchmarks/nanogpt_torch.py`` (1 thread and PyTorch's default threads),
+    interleaved, each in a fresh process: wall, CPU and system time, peak RSS and the
+    held-out loss under nanoGPT's protocol (and flaxen's over the whole held-out text).
+    Full mode only; skipped without PyTorch or Tiny Shakespeare ($FLAXEN_DATA)."""
+    import os
+    import statistics
+    import sys
+    import tempfile
+
+    bench = f"char-LM, nanoGPT CPU config, whole {steps:,}-step run"
+    if quick:
+        return [Row(bench, "flaxen example", "wall time", "s", None,
+                    note="skipped: whole runs are measured in full mode only")]
+    data = os.environ.get("FLAXEN_DATA", "")
+    if not os.path.isfile(os.path.join(data, "tinyshakespeare.txt")):
+        return [Row(bench, "flaxen example", "wall time", "s", None,
+                    note="skipped: FLAXEN_DATA holds no tinyshakespeare.txt")]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+    env.pop("XLA_FLAGS", None)  # the example's own XLA options, not the benchmark's
+    tmp = tempfile.mkdtemp(prefix="lm_whole_run_")
+    cmds = {"flaxen example (python -m examples.lm1b.train)": [
+        sys.executable, "-m", "examples.lm1b.train", f"--output_dir={tmp}/fx", "--noprogress",
+        f"--num_steps={steps}"]}
+    rows: list[Row] = []
+    if _torch is None:
+        rows.append(Row(bench, "nanoGPT (PyTorch re-impl.)", "wall time", "s", None,
+                        note="skipped: PyTorch is not installed (pip install torch)"))
+    else:
+        for threads in (1, 0):
+            name = ("nanoGPT (PyTorch re-impl., 1 thread)" if threads == 1 else
+                    f"nanoGPT (PyTorch re-impl., default {_torch.get_num_threads()} threads)")
+            cmds[name] = [sys.executable, "-m", "benchmarks.nanogpt_torch",
+                          f"--out_dir={tmp}/ng{threads}", "--quiet", f"--threads={threads}",
+                          f"--max_iters={steps}", f"--lr_decay_iters={steps}"]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in cmds}
+    names = list(cmds)
+    for r in range(repeats):  # interleaved, rotated: load bursts hit every command alike
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            runs[name].append(_whole_run(cmds[name], env))
+    base = next((n for n in names if "1 thread" in n), names[0])
+    metrics = (("wall time", "s", "wall_s"), ("CPU time (user + system)", "s", "cpu_s"),
+               ("system CPU time", "s", "sys_s"), ("peak RSS", "MiB", "rss_mb"),
+               ("held-out loss, nanoGPT protocol (200 random batches)", "nats", "heldout"),
+               ("held-out loss, every held-out window", "nats", "eval_loss"))
+    for metric, unit, key in metrics:
+        for name in names:
+            values = [v for v in (_value(run, key) for run in runs[name]) if v is not None]
+            if not values:
+                continue
+            med = statistics.median(values)
+            base_values = [v for v in (_value(run, key) for run in runs[base]) if v is not None]
+            ratio = (med / statistics.median(base_values)
+                     if base_values and key not in ("heldout", "eval_loss") else None)
+            rows.append(Row(bench, name, metric, unit, med, spread(values), ratio, len(values),
+                            f"load average {os.getloadavg()[0]:.1f} at the end"
+                            if metric == "wall time" else "", min(values)))
+    return rows
+
+
+def _value(run: dict[str, Any], key: str) -> float | None:
+    if key == "heldout":  # flaxen: eval_loss_random_windows; nanoGPT: val_loss_200
+        value = run.get("eval_loss_random_windows", run.get("val_loss_200"))
+    else:
+        value = run.get(key)
+    return None if value is None else float(value)

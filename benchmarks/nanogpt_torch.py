@@ -44,6 +44,7 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -59,9 +60,9 @@ def _build_model_classes() -> tuple[type, type]:
     """The model classes (defined lazily: this module imports without torch)."""
 
     class Block(nn.Module):
-        def __init__(self, width: int, heads: int):
+        def __init__(self, width: int, heads: int, dropout: float):
             super().__init__()
-            self.heads = heads
+            self.heads, self.dropout = heads, dropout
             self.ln_1 = nn.LayerNorm(width, bias=False)
             self.c_attn = nn.Linear(width, 3 * width, bias=False)
             self.attn_proj = nn.Linear(width, width, bias=False)
@@ -69,28 +70,33 @@ def _build_model_classes() -> tuple[type, type]:
             self.c_fc = nn.Linear(width, 4 * width, bias=False)
             self.gelu = nn.GELU()
             self.mlp_proj = nn.Linear(4 * width, width, bias=False)
+            self.resid_dropout = nn.Dropout(dropout)
+            self.mlp_dropout = nn.Dropout(dropout)
 
         def attention(self, x: torch.Tensor) -> torch.Tensor:
             b, t, c = x.shape
             q, k, v = self.c_attn(x).split(c, dim=2)
             q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2)
                        for z in (q, k, v))
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            return self.attn_proj(y.transpose(1, 2).contiguous().view(b, t, c))
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+            return self.resid_dropout(self.attn_proj(y.transpose(1, 2).contiguous().view(b, t, c)))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             x = x + self.attention(self.ln_1(x))
-            return x + self.mlp_proj(self.gelu(self.c_fc(self.ln_2(x))))
+            return x + self.mlp_dropout(self.mlp_proj(self.gelu(self.c_fc(self.ln_2(x)))))
 
     class GPT(nn.Module):
-        def __init__(self, vocab: int, context: int, layers: int, heads: int, width: int):
+        def __init__(self, vocab: int, context: int, layers: int, heads: int, width: int,
+                     dropout: float = 0.0):
             super().__init__()
             self.wte = nn.Embedding(vocab, width)
             self.wpe = nn.Embedding(context, width)
-            self.blocks = nn.ModuleList(Block(width, heads) for _ in range(layers))
+            self.drop = nn.Dropout(dropout)
+            self.blocks = nn.ModuleList(Block(width, heads, dropout) for _ in range(layers))
             self.ln_f = nn.LayerNorm(width, bias=False)
             self.lm_head = nn.Linear(width, vocab, bias=False)
-            self.lm_head.weight = self.wte.weight  # tied, as in nanoGPT
+            self.wte.weight = self.lm_head.weight  # tied, in nanoGPT's direction
             for m in self.modules():
                 if isinstance(m, nn.Linear | nn.Embedding):
                     nn.init.normal_(m.weight, mean=0.0, std=0.02)
@@ -100,7 +106,7 @@ def _build_model_classes() -> tuple[type, type]:
 
         def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
             pos = torch.arange(idx.shape[1], dtype=torch.long)
-            x = self.wte(idx) + self.wpe(pos)
+            x = self.drop(self.wte(idx) + self.wpe(pos))
             for block in self.blocks:
                 x = block(x)
             logits = self.lm_head(self.ln_f(x))
@@ -120,7 +126,22 @@ def load_splits(path: str) -> tuple[np.ndarray, np.ndarray, int]:
     return ids[:n], ids[n:], len(chars)
 
 
-def get_batch(data: np.ndarray, batch: int, context: int) -> tuple[torch.Tensor, torch.Tensor]:
+def write_splits(path: str, out_dir: str) -> tuple[str, str, int]:
+    """nanoGPT's ``prepare.py``: ``train.bin`` and ``val.bin`` (uint16 ids) in ``out_dir``;
+    returns their paths and the vocabulary size."""
+    train_ids, val_ids, vocab = load_splits(path)
+    paths = os.path.join(out_dir, "train.bin"), os.path.join(out_dir, "val.bin")
+    for ids, name in zip((train_ids, val_ids), paths):
+        ids.tofile(name)
+    return paths[0], paths[1], vocab
+
+
+def get_batch(data: np.ndarray | str, batch: int,
+              context: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch`` random windows; ``data`` a path is memory-mapped anew on every call, as
+    nanoGPT does (it avoids a memmap leak)."""
+    if isinstance(data, str):
+        data = np.memmap(data, dtype=np.uint16, mode="r")
     ix = torch.randint(len(data) - context, (batch,))
     x = torch.stack([torch.from_numpy(data[i:i + context].astype(np.int64)) for i in ix])
     y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + context].astype(np.int64))
@@ -137,7 +158,7 @@ def lr_at(it: int, a: argparse.Namespace) -> float:
     return a.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (a.learning_rate - a.min_lr)
 
 
-def estimate_loss(model: nn.Module, splits: dict[str, np.ndarray], iters: int,
+def estimate_loss(model: nn.Module, splits: Mapping[str, np.ndarray | str], iters: int,
                   a: argparse.Namespace) -> dict[str, float]:
     """Mean loss of ``iters`` random batches per split (nanoGPT's ``estimate_loss``)."""
     model.eval()
@@ -156,8 +177,12 @@ def estimate_loss(model: nn.Module, splits: dict[str, np.ndarray], iters: int,
 def train(a: argparse.Namespace) -> dict[str, float]:
     """nanoGPT's training loop for the configuration in ``a``; returns the summary."""
     t0, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    os.makedirs(a.out_dir, exist_ok=True)
+    train_data, val_data, vocab = write_splits(
+        os.path.join(a.data_dir, "tinyshakespeare.txt"), a.out_dir)
     torch.manual_seed(1337)
-    train_data, val_data, vocab = load_splits(os.path.join(a.data_dir, "tinyshakespeare.txt"))
     splits = {"train": train_data, "val": val_data}
     _, GPT = _build_model_classes()
     model = GPT(vocab, a.block_size, a.n_layer, a.n_head, a.n_embd)
@@ -165,7 +190,6 @@ def train(a: argparse.Namespace) -> dict[str, float]:
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": a.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=a.learning_rate, betas=(0.9, a.beta2))
-    os.makedirs(a.out_dir, exist_ok=True)
     best_val = 1e9
     x, y = get_batch(train_data, a.batch_size, a.block_size)
     it = 0
@@ -189,8 +213,10 @@ def train(a: argparse.Namespace) -> dict[str, float]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), a.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if it % a.log_interval == 0 and not a.quiet:
-            print(f"iter {it}: loss {loss.item():.4f}")
+        if it % a.log_interval == 0:
+            lossf = loss.item()  # nanoGPT reads the loss every log_interval steps
+            if not a.quiet:
+                print(f"iter {it}: loss {lossf:.4f}")
         it += 1
         if it > a.max_iters:
             break
@@ -219,6 +245,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         ("weight_decay", 0.1), ("grad_clip", 1.0)):
         p.add_argument(f"--{name}", type=float, default=value)
     p.add_argument("--quiet", action="store_true", help="no per-step line (log_interval)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch.set_num_threads (0: PyTorch's default, one per core)")
     return p.parse_args(argv)
 
 

@@ -479,6 +479,7 @@ def train_and_evaluate(args: TrainArgs) -> dict[str, Any]:
     optimizer = create_optimizer(config, args, init_rng)
     if args.resume:
         optimizer = checkpoints.restore_checkpoint(ckpt_dir, optimizer)
+    allocator.release_free_memory()  # the init compilation's temporaries (peak memory)
     start = int(optimizer.state.step)
     # A run killed after its last checkpoint logged steps that this run logs again.
     metrics.truncate_jsonl(os.path.join(args.output_dir, "metrics.jsonl"), start)
@@ -506,6 +507,7 @@ def train_and_evaluate(args: TrainArgs) -> dict[str, Any]:
             row = {"eval_loss_random_windows": evaluate_random_windows(
                 optimizer.target, dataset.eval, args)}
             log(result["final_step"], row)
+            allocator.release_free_memory()
         if args.sample_length > 0 and main_process:
             params = optimizer.unreplicate().target.params
             text = generate.sample_text(params, config, tokenizer, args.prompt,
@@ -515,6 +517,7 @@ def train_and_evaluate(args: TrainArgs) -> dict[str, Any]:
             with open(os.path.join(args.output_dir, "sample.txt"), "w", encoding="utf-8") as f:
                 f.write(text)
             tb.text("sample", text, result["final_step"])
+            allocator.release_free_memory()  # before matplotlib, the last peak
     if args.plot and main_process:
         plot_curves(os.path.join(args.output_dir, "metrics.jsonl"),
                     os.path.join(args.output_dir, "curves.png"),
@@ -560,6 +563,9 @@ def _train_loop(optimizer: optim.Optimizer, dataset: input_pipeline.Dataset, arg
     and returns at once, so while the device computes one call, the host builds the next
     call's batches and writes the previous call's metrics (which are ready by then):
     the device never waits for the host. Only a checkpoint waits for the device.
+    ``train_steps`` is compiled ahead of its first call (``lower().compile()``), and the
+    heap memory the compiler freed is handed back before the call runs, so the
+    compiler's temporaries and the step's own buffers never add up in the peak memory.
 
     Adds ``final_step``, ``wall_time_sec`` and ``train_tokens_per_sec`` (from the end of
     the first, compiling call to the end; evaluations and checkpoints included) to
@@ -573,6 +579,7 @@ def _train_loop(optimizer: optim.Optimizer, dataset: input_pipeline.Dataset, arg
     chunks = step_chunks(start, end, args.steps_per_call,
                          (args.log_every, args.eval_every, args.checkpoint_every))
     pending: list[dict] = []  # metrics (device arrays) since the last log row
+    compiled: dict[int, Any] = {}  # train_steps compiled per number of steps in a call
     queued: list[tuple[int, str, Any]] = []  # rows to write once their values are ready
     t_start = time.perf_counter()
     t_first = None  # when the first (compiling) call finished
@@ -595,6 +602,7 @@ def _train_loop(optimizer: optim.Optimizer, dataset: input_pipeline.Dataset, arg
                 row = {"eval_loss": loss, "eval_perplexity": float(min(math.exp(loss), 1e4))}
                 bar.write(f"step {done}: held-out loss {loss:.4f} "
                           f"(perplexity {row['eval_perplexity']:.2f})")
+                allocator.release_free_memory()  # e.g. eval_sums' compile temporaries
             log(done, row)
         queued.clear()
 
@@ -603,7 +611,11 @@ def _train_loop(optimizer: optim.Optimizer, dataset: input_pipeline.Dataset, arg
             input_pipeline.train_batch(dataset.train, args.batch_size, args.context,
                                        args.seed, s, rows) for s in range(first, first + n)]),
             large_model.mesh(args))
-        optimizer, m = train_steps(optimizer, batch, dropout_rng, schedule, args.grad_clip)
+        if n not in compiled:  # compile ahead, then free the compiler's temporaries
+            compiled[n] = train_steps.lower(optimizer, batch, dropout_rng, schedule,
+                                            args.grad_clip).compile()
+            allocator.release_free_memory()
+        optimizer, m = compiled[n](optimizer, batch, dropout_rng)  # = train_steps(...)
         write_rows()  # the previous call's rows, while this call runs
         pending.append(m)
         done = first + n
@@ -726,7 +738,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("model_dir", None, "Deprecated: the old name of --output_dir.")
     flags.DEFINE_bool("keep_malloc_buffers", True,
                       "Let glibc's malloc reuse XLA's per-call temporary buffer instead of "
-                      "mapping fresh pages every call (see allocator.py); no effect on results.")
+                      "mapping fresh pages every call, in one malloc arena (see "
+                      "allocator.py); no effect on results.")
     flags.DEFINE_string("coordinator_address", None, _DISTRIBUTED_HELP["coordinator_address"])
     flags.DEFINE_integer("num_processes", None, _DISTRIBUTED_HELP["num_processes"])
     flags.DEFINE_integer("process_id", None, _DISTRIBUTED_HELP["process_id"])
