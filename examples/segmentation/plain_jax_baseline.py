@@ -210,8 +210,9 @@ def evaluate(params, test_ds, size=200):
 
 
 def paired_timing(train_ds, rounds, steps, batch_size, learning_rate):
-    """Milliseconds per training step of both implementations, measured alternately on the
-    same batches from the same initial parameters (so both see the same machine load)."""
+    """Milliseconds per training step of both implementations (wall, and this process's CPU
+    time), measured alternately on the same batches from the same initial parameters (so both
+    see the same machine load); the one that goes first alternates from round to round."""
     train = import_train()
     model = train.create_model(jax.random.PRNGKey(0))
     optimizer = train.create_optimizer(model, learning_rate)
@@ -223,24 +224,38 @@ def paired_timing(train_ds, rounds, steps, batch_size, learning_rate):
     learning_rate_fn = train.create_learning_rate_fn(learning_rate, steps, 1000, 0)
     optimizer, _ = train.train_step(optimizer, batches[0], learning_rate_fn)  # compile both
     params, opt_state, _ = plain_step(params, opt_state, batches[0])
-    times = {'flaxen': [], 'plain_jax_optax': []}
-    for r in range(rounds):
-        start = time.time()
+    times: dict[str, list[float]] = {'flaxen': [], 'plain_jax_optax': []}
+    cpu: dict[str, list[float]] = {'flaxen': [], 'plain_jax_optax': []}
+    def run_flaxen():
+        nonlocal optimizer
         for batch in batches:
             optimizer, m = train.train_step(optimizer, batch, learning_rate_fn)
         jax.block_until_ready(m)
-        times['flaxen'].append((time.time() - start) / steps * 1000)
-        start = time.time()
+
+    def run_plain():
+        nonlocal params, opt_state
         for batch in batches:
             params, opt_state, m = plain_step(params, opt_state, batch)
         jax.block_until_ready(m)
-        times['plain_jax_optax'].append((time.time() - start) / steps * 1000)
+
+    order = [('flaxen', run_flaxen), ('plain_jax_optax', run_plain)]
+    for r in range(rounds):
+        for name, run in order if r % 2 == 0 else order[::-1]:  # each goes first in turn
+            start, cpu_start = time.time(), time.process_time()
+            run()
+            times[name].append((time.time() - start) / steps * 1000)
+            cpu[name].append((time.process_time() - cpu_start) / steps * 1000)
         print(json.dumps({'round': r, **{k: v[-1] for k, v in times.items()},
+                          **{f'{k}_cpu': v[-1] for k, v in cpu.items()},
                           'load': os.getloadavg()[0]}), flush=True)
     ratios = [a / b for a, b in zip(times['flaxen'], times['plain_jax_optax'])]
+    cpu_ratios = [a / b for a, b in zip(cpu['flaxen'], cpu['plain_jax_optax'])]
     print(json.dumps({'median_ms_per_step': {k: float(onp.median(v)) for k, v in times.items()},
+                      'median_cpu_ms_per_step': {k: float(onp.median(v))
+                                                 for k, v in cpu.items()},
                       'median_ratio_flaxen_over_plain': float(onp.median(ratios)),
-                      'ratios': ratios}), flush=True)
+                      'median_cpu_ratio_flaxen_over_plain': float(onp.median(cpu_ratios)),
+                      'ratios': ratios, 'cpu_ratios': cpu_ratios}), flush=True)
 
 
 def main(argv):
