@@ -45,7 +45,7 @@ def define_flags():
     Flags that train.py already defined (in ``--paired_rounds`` mode) are left as they are."""
     for define, name, default, text in (
             (flags.DEFINE_float, 'learning_rate', 4e-3, 'Peak Adam learning rate.'),
-            (flags.DEFINE_integer, 'warmup_steps', 300, 'Steps of linear warm-up.'),
+            (flags.DEFINE_float, 'warmup_epochs', 0.4, 'Epochs of linear warm-up.'),
             (flags.DEFINE_integer, 'batch_size', 32, 'Batch size.'),
             (flags.DEFINE_integer, 'num_epochs', 5, 'Number of epochs.'),
             (flags.DEFINE_string, 'dataset', 'fashion_mnist', 'fashion_mnist or mnist.'),
@@ -270,7 +270,7 @@ def main(argv):
     params = init_params(jax.random.PRNGKey(FLAGS.seed))
     steps = len(train_ds['label']) // FLAGS.batch_size
     tx, train_step = make_train_step(FLAGS.learning_rate, FLAGS.num_epochs * steps,
-                                     FLAGS.warmup_steps)
+                                     int(round(FLAGS.warmup_epochs * steps)))
     opt_state = tx.init(params)
     for epoch in range(1, FLAGS.num_epochs + 1):
         start = time.time()

@@ -53,10 +53,11 @@ def define_flags():
     """Defined only when run as a script, so that tests can import several examples'
     train.py files into one process without clashing flag names."""
     flags.DEFINE_float('learning_rate', 4e-3,
-                       'Peak Adam learning rate: reached after --warmup_steps, then it decays '
+                       'Peak Adam learning rate: reached after --warmup_epochs, then it decays '
                        'to 0 along a half cosine by the last step.')
-    flags.DEFINE_integer('warmup_steps', 300,
-                         'Steps of linear warm-up of the learning rate from 0 (0: none).')
+    flags.DEFINE_float('warmup_epochs', 0.4,
+                       'Epochs (a fraction is fine) of linear warm-up of the learning rate from '
+                       '0 (0: none).')
     flags.DEFINE_integer('batch_size', 32, 'Canvases per training step (all processes together).')
     flags.DEFINE_integer('num_epochs', 5, 'Number of training epochs.')
     flags.DEFINE_enum('dataset', 'fashion_mnist', ['fashion_mnist', 'mnist'],
@@ -87,7 +88,7 @@ EVAL_BATCH_SIZE = 200
 LOG_EVERY = 10  # steps per training-loss row in metrics.jsonl and TensorBoard
 NUM_CLASSES = input_pipeline.NUM_CLASSES
 # The flags that define a run: --resume refuses to continue when one of them changed.
-RUN_KEYS = ('learning_rate', 'warmup_steps', 'batch_size', 'num_epochs', 'dataset',
+RUN_KEYS = ('learning_rate', 'warmup_epochs', 'batch_size', 'num_epochs', 'dataset',
             'num_train_canvases', 'num_test_canvases', 'data_seed', 'seed')
 
 
@@ -106,13 +107,16 @@ def create_optimizer(model, learning_rate):
 
 
 @functools.lru_cache(maxsize=16)  # the same function for the same run: one compiled step
-def create_learning_rate_fn(base_learning_rate, steps_per_epoch, num_epochs, warmup_steps=0):
-    """Linear warm-up from 0 to ``base_learning_rate`` over ``warmup_steps``, then a half
-    cosine to 0 at the last step (``optax.warmup_cosine_decay_schedule``)."""
+def create_learning_rate_fn(base_learning_rate, steps_per_epoch, num_epochs,
+                            warmup_epochs=0.0):
+    """Linear warm-up from 0 to ``base_learning_rate`` over ``warmup_epochs`` (rounded to
+    whole steps), then a half cosine to 0 at the last step
+    (``optax.warmup_cosine_decay_schedule``)."""
+    if not 0 <= warmup_epochs < num_epochs:
+        raise ConfigError(f'--warmup_epochs={warmup_epochs}: expected a number of epochs in '
+                          f'[0, {num_epochs}) (--num_epochs={num_epochs}).')
     total_steps = steps_per_epoch * num_epochs
-    if not 0 <= warmup_steps < total_steps:
-        raise ConfigError(f'--warmup_steps={warmup_steps}: expected 0..{total_steps - 1} '
-                          f'(the run has {total_steps} steps).')
+    warmup_steps = min(int(round(warmup_epochs * steps_per_epoch)), total_steps - 1)
     return schedules.warmup_cosine(base_learning_rate, warmup_steps, total_steps)
 
 
@@ -323,7 +327,7 @@ def train(train_ds, test_ds, cfg=None):
     model = create_model(random.PRNGKey(cfg.seed))
     optimizer = create_optimizer(model, cfg.learning_rate)
     learning_rate_fn = create_learning_rate_fn(cfg.learning_rate, steps_per_epoch,
-                                               cfg.num_epochs, cfg.warmup_steps)
+                                               cfg.num_epochs, cfg.warmup_epochs)
     ckpt_dir = os.path.join(out, 'checkpoints')
     if cfg.resume:
         optimizer = checkpoints.restore_checkpoint(ckpt_dir, optimizer)
@@ -389,7 +393,7 @@ def train(train_ds, test_ds, cfg=None):
 
 def config_from_flags():
     return SimpleNamespace(**{name: FLAGS[name].value for name in (
-        'learning_rate', 'warmup_steps', 'batch_size', 'num_epochs', 'dataset', 'data_dir',
+        'learning_rate', 'warmup_epochs', 'batch_size', 'num_epochs', 'dataset', 'data_dir',
         'cache_dir', 'num_train_canvases', 'num_test_canvases', 'data_seed', 'output_dir', 'resume',
         'num_devices', 'seed', 'progress')})
 

@@ -41,7 +41,7 @@ def small_datasets(n_train=64, n_test=30):
 
 
 def config(tmp_path, **kw):
-    cfg = dict(learning_rate=3e-3, warmup_steps=0, batch_size=16, num_epochs=1,
+    cfg = dict(learning_rate=3e-3, warmup_epochs=0.0, batch_size=16, num_epochs=1,
                dataset="fashion_mnist", data_dir=None, cache_dir=None, num_train_canvases=64,
                num_test_canvases=30,
                data_seed=0, output_dir=str(tmp_path), resume=False, num_devices=1, seed=0,
@@ -72,13 +72,14 @@ def test_train_steps_reduce_loss():
 
 
 def test_learning_rate_warms_up_then_decays_along_a_half_cosine():
-    fn = train.create_learning_rate_fn(4e-3, 50, 4, 40)  # 200 steps, 40 of warm-up
+    fn = train.create_learning_rate_fn(4e-3, 50, 4, 0.8)  # 200 steps, 40 of warm-up
     for step in (0, 10, 40, 41, 120, 199, 200):
         want = (4e-3 * step / 40 if step < 40
                 else 4e-3 * 0.5 * (1 + np.cos(np.pi * (step - 40) / 160)))
         assert float(fn(step)) == pytest.approx(want, rel=1e-5, abs=1e-9), step
-    with pytest.raises(train.ConfigError, match="--warmup_steps=200: expected 0..199"):
-        train.create_learning_rate_fn(4e-3, 50, 4, 200)
+    with pytest.raises(train.ConfigError, match=r"--warmup_epochs=4: expected a number of "
+                       r"epochs in \[0, 4\)"):
+        train.create_learning_rate_fn(4e-3, 50, 4, 4)
 
 
 def test_eval_model_matches_numpy_reference():
@@ -192,7 +193,7 @@ def test_plain_jax_baseline_trains_like_flaxen():
     train_ds, _ = small_datasets(n_train=48)
     model = train.create_model(jax.random.PRNGKey(4))
     optimizer = train.create_optimizer(model, 3e-3)
-    learning_rate_fn = train.create_learning_rate_fn(3e-3, 3, 2, 2)  # 6 steps, 2 warm-up
+    learning_rate_fn = train.create_learning_rate_fn(3e-3, 3, 2, 2 / 3)  # 6 steps, 2 warm-up
     params = baseline.from_flaxen(model.params)
     tx, plain_step = baseline.make_train_step(3e-3, 6, 2)
     opt_state = tx.init(params)

@@ -17,7 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_epochs = 5
     config.batch_size = 32
     config.learning_rate = 4e-3
-    config.warmup_steps = 300
+    config.warmup_epochs = 0.4
 
     config.data = ml_collections.ConfigDict()
     config.data.dataset = "fashion_mnist"
