@@ -7,8 +7,9 @@ import jax.numpy as jnp
 
 from flaxen import nn
 
-FEATURES = (16, 32, 64, 128)  # channels per resolution: 32x32, 16x16, 8x8 and the 4x4 bottom
-PATCH = 2  # the network runs on 2x2 pixel cells: (64, 64, 1) in, (32, 32, 4) inside
+FEATURES = (32, 64, 128)  # channels per resolution: 16x16, 8x8 and the 4x4 bottom
+PATCH = 4  # the network runs on 4x4 pixel cells: (64, 64, 1) in, (16, 16, 16) inside
+HEAD = 64  # hidden channels of the per-cell head that sees the cell's own pixels
 GROUP_SIZE = 4  # GroupNorm: channels per group
 
 
@@ -42,38 +43,48 @@ def depth_to_space(x: jax.Array, p: int) -> jax.Array:
 
 
 class UNet(nn.Module):
-    """Encoder-decoder with skip connections.
+    """Encoder-decoder with skip connections, on cells of ``patch x patch`` pixels.
 
-    The encoder halves the resolution ``len(features) - 1`` times (2x2 max pooling after each
-    ``ConvBlock``); the decoder doubles it back with 2x2 stride-2 transposed convolutions and
-    joins each level's encoder output (the skip connection) before its ``ConvBlock``.
-
-    The network works on cells of ``patch x patch`` pixels (``space_to_depth``): the first
-    level sees a ``(32, 32, 4)`` image, and the last 1x1 convolution gives ``num_classes``
-    logits for each of the 4 pixels of a cell (``depth_to_space``). Compared with a first
-    level at full resolution, this spends the CPU time on wider layers (the class of an
-    object is what is hard to learn, not its outline) at the same cost per step.
+    ``space_to_depth`` turns the ``(64, 64, 1)`` canvas into ``(16, 16, 16)``: every 4x4
+    pixel cell is one position with its 16 pixels as channels. The encoder halves the
+    resolution ``len(features) - 1`` times (2x2 max pooling after each ``ConvBlock``); at the
+    4x4 bottom (one position per 16x16 pixels, a 28x28 garment spans about two) a context
+    branch adds a summary of the whole canvas (mean over positions, 1x1 convolution, ReLU) to
+    every position. The decoder doubles the resolution back with 2x2 stride-2 transposed
+    convolutions and joins each level's encoder output (the skip connection) before its
+    ``ConvBlock``. The head is the light full-resolution skip: it joins the cell's own 16
+    input pixels to the decoder's output, then a 1x1 convolution with ReLU and a last 1x1
+    convolution give 11 logits for each of the cell's 16 pixels (``depth_to_space``). What is
+    hard here is the class of a garment, not its outline (a pixel is the garment's where its
+    grey value passes a threshold), so the CPU time goes to wide layers at low resolution.
 
     Input ``(batch, 64, 64, 1)`` float32 in [0, 1] (any height and width divisible by
     ``patch * 2 ** (len(features) - 1)``); output ``(batch, 64, 64, num_classes)`` float32
     logits.
-    Parameters: ``down_<i>`` (ConvBlock), ``bottom``, ``upsample_<i>`` (ConvTranspose),
-    ``up_<i>`` (ConvBlock), ``logits`` (1x1 Conv).
+    Parameters: ``down_<i>`` (ConvBlock), ``bottom``, ``context`` (1x1 Conv),
+    ``upsample_<i>`` (ConvTranspose), ``up_<i>`` (ConvBlock), ``head`` and ``logits``
+    (1x1 Conv).
     """
 
     def apply(self, x: jax.Array, num_classes: int = 11,
-              features: Sequence[int] = FEATURES, patch: int = PATCH) -> jax.Array:
-        x = space_to_depth(x, patch)
+              features: Sequence[int] = FEATURES, patch: int = PATCH,
+              head: int = HEAD) -> jax.Array:
+        x = pixels = space_to_depth(x, patch)
         skips = []
         for i, f in enumerate(features[:-1]):
             x = ConvBlock(x, f, name=f'down_{i}')
             skips.append(x)
             x = nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
         x = ConvBlock(x, features[-1], name='bottom')
+        summary = jnp.mean(x, axis=(1, 2), keepdims=True)  # (batch, 1, 1, features[-1])
+        x = x + nn.relu(nn.Conv(summary, features=features[-1], kernel_size=(1, 1),
+                                name='context'))
         for i in reversed(range(len(features) - 1)):
             x = nn.ConvTranspose(x, features=features[i], kernel_size=(2, 2), strides=(2, 2),
                                  name=f'upsample_{i}')
             x = jnp.concatenate([x, skips[i]], axis=-1)
             x = ConvBlock(x, features[i], name=f'up_{i}')
+        x = jnp.concatenate([x, pixels], axis=-1)
+        x = nn.relu(nn.Conv(x, features=head, kernel_size=(1, 1), name='head'))
         x = nn.Conv(x, features=num_classes * patch * patch, kernel_size=(1, 1), name='logits')
         return depth_to_space(x, patch)

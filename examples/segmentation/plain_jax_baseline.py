@@ -1,10 +1,12 @@
 """The example's U-Net in plain JAX + optax, for the comparison table in README.md.
 
-Same model (per level: two times 3x3 conv without bias -> GroupNorm of 4 channels per group ->
-ReLU; 2x2 max pooling down, 2x2 stride-2 transposed convolution up, skip connections joined by
-concatenation, a 1x1 conv to 11 logits; LeCun-normal kernels, zero biases), same loss (mean
-per-pixel cross-entropy), same optimizer (Adam, ``optax.scale_by_adam``, which ``optim.Adam``
-runs, with the same half-cosine learning-rate decay),
+Same model (4x4 pixel cells as channels; per level: two times 3x3 conv without bias ->
+GroupNorm of 4 channels per group -> ReLU; 2x2 max pooling down; at the bottom, the mean over
+positions through a 1x1 conv and ReLU added everywhere; 2x2 stride-2 transposed convolution up,
+skip connections joined by concatenation; the cell's pixels joined to the decoder's output,
+a 1x1 conv with ReLU and a 1x1 conv to 11 logits per pixel; LeCun-normal kernels, zero biases),
+same loss (mean per-pixel cross-entropy), same optimizer (Adam, ``optax.scale_by_adam``, which
+``optim.Adam`` runs, with the same linear warm-up and half-cosine learning-rate decay),
 same canvases, batch size and per-epoch shuffling as train.py, and the same test metrics; only
 flaxen is left out. Prints one JSON line per epoch (wall time of training plus evaluation).
 
@@ -30,8 +32,9 @@ except ImportError:
     import input_pipeline  # type: ignore[no-redef]
 
 FLAGS = flags.FLAGS
-FEATURES = (16, 32, 64, 128)
-PATCH = 2
+FEATURES = (32, 64, 128)
+PATCH = 4
+HEAD = 64
 GROUP_SIZE = 4
 NUM_CLASSES = 11
 _DN = ('NHWC', 'HWIO', 'NHWC')
@@ -41,13 +44,14 @@ def define_flags():
     """Defined only when run as a script, so that tests can import this file beside train.py.
     Flags that train.py already defined (in ``--paired_rounds`` mode) are left as they are."""
     for define, name, default, text in (
-            (flags.DEFINE_float, 'learning_rate', 3e-3, 'Adam learning rate at step 0.'),
+            (flags.DEFINE_float, 'learning_rate', 4e-3, 'Peak Adam learning rate.'),
+            (flags.DEFINE_float, 'warmup_epochs', 0.4, 'Epochs of linear warm-up.'),
             (flags.DEFINE_integer, 'batch_size', 32, 'Batch size.'),
             (flags.DEFINE_integer, 'num_epochs', 5, 'Number of epochs.'),
             (flags.DEFINE_string, 'dataset', 'fashion_mnist', 'fashion_mnist or mnist.'),
             (flags.DEFINE_string, 'data_dir', None, 'Folder with the four IDX files.'),
             (flags.DEFINE_string, 'cache_dir', None, 'Canvas cache folder.'),
-            (flags.DEFINE_integer, 'num_train_canvases', 12000, 'Training canvases.'),
+            (flags.DEFINE_integer, 'num_train_canvases', 24000, 'Training canvases.'),
             (flags.DEFINE_integer, 'num_test_canvases', 2000, 'Test canvases.'),
             (flags.DEFINE_integer, 'data_seed', 0, 'Seed of the canvas generator.'),
             (flags.DEFINE_integer, 'seed', 0, 'Seed.'),
@@ -79,16 +83,20 @@ def init_params(key, features=FEATURES):
                 'conv1': lecun(next(keys), (3, 3, c_out, c_out)),
                 'gn1': {'scale': jnp.ones(c_out), 'bias': jnp.zeros(c_out)}}
 
+    def dense(c_in, c_out):  # a 1x1 convolution
+        return {'w': lecun(next(keys), (1, 1, c_in, c_out)), 'b': jnp.zeros(c_out)}
+
     params, c = {}, PATCH * PATCH
     for i, f in enumerate(features[:-1]):
         params[f'down_{i}'], c = block(c, f), f
     params['bottom'], c = block(c, features[-1]), features[-1]
+    params['context'] = dense(c, c)
     for i in reversed(range(len(features) - 1)):
         params[f'upsample_{i}'] = {'w': lecun(next(keys), (2, 2, c, features[i])),
                                    'b': jnp.zeros(features[i])}
         params[f'up_{i}'], c = block(2 * features[i], features[i]), features[i]
-    params['logits'] = {'w': lecun(next(keys), (1, 1, c, NUM_CLASSES * PATCH * PATCH)),
-                        'b': jnp.zeros(NUM_CLASSES * PATCH * PATCH)}
+    params['head'] = dense(c + PATCH * PATCH, HEAD)
+    params['logits'] = dense(HEAD, NUM_CLASSES * PATCH * PATCH)
     return params
 
 
@@ -100,7 +108,7 @@ def from_flaxen(params):
 
     out = {}
     for name, p in params.items():
-        if name.startswith(('upsample', 'logits')):
+        if name.startswith(('upsample', 'context', 'head', 'logits')):
             out[name] = {'w': p['kernel'], 'b': p['bias']}
         else:
             out[name] = block(p)
@@ -123,25 +131,30 @@ def conv_block(x, p):
     return x
 
 
+def conv1x1(x, p):
+    y = lax.conv_general_dilated(x, p['w'], (1, 1), 'SAME', dimension_numbers=_DN)
+    return y + p['b'].reshape(1, 1, 1, -1)
+
+
 def forward(params, x, levels=len(FEATURES)):
     """``x``: float32 ``(n, 64, 64, 1)``; returns logits ``(n, 64, 64, 11)``."""
-    n, h, w, _ = x.shape  # 2x2 pixel cells in, 2x2 pixel cells out (models.UNet's patch)
+    n, h, w, _ = x.shape  # 4x4 pixel cells in, 4x4 pixel cells out (models.UNet's patch)
     x = x.reshape((n, h // PATCH, PATCH, w // PATCH, PATCH, 1)).transpose((0, 1, 3, 2, 4, 5))
-    x = x.reshape((n, h // PATCH, w // PATCH, PATCH * PATCH))
+    x = pixels = x.reshape((n, h // PATCH, w // PATCH, PATCH * PATCH))
     skips = []
     for i in range(levels - 1):
         x = conv_block(x, params[f'down_{i}'])
         skips.append(x)
         x = lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID')
     x = conv_block(x, params['bottom'])
+    x = x + jax.nn.relu(conv1x1(jnp.mean(x, axis=(1, 2), keepdims=True), params['context']))
     for i in reversed(range(levels - 1)):
         up = params[f'upsample_{i}']
         x = lax.conv_transpose(x, up['w'], (2, 2), 'SAME', dimension_numbers=_DN)
         x = x + up['b'].reshape(1, 1, 1, -1)
         x = conv_block(jnp.concatenate([x, skips[i]], axis=-1), params[f'up_{i}'])
-    out = params['logits']
-    x = lax.conv_general_dilated(x, out['w'], (1, 1), 'SAME', dimension_numbers=_DN)
-    x = (x + out['b'].reshape(1, 1, 1, -1)).reshape(
+    x = jax.nn.relu(conv1x1(jnp.concatenate([x, pixels], axis=-1), params['head']))
+    x = conv1x1(x, params['logits']).reshape(
         (n, h // PATCH, w // PATCH, PATCH, PATCH, NUM_CLASSES))
     return x.transpose((0, 1, 3, 2, 4, 5)).reshape((n, h, w, NUM_CLASSES))
 
@@ -153,9 +166,10 @@ def loss_fn(params, images, labels):
     return jnp.mean(nll), logits
 
 
-def make_train_step(base_learning_rate, total_steps):
-    """Adam (``optax.scale_by_adam``) at a learning rate that decays from
-    ``base_learning_rate`` to 0 along a half cosine over ``total_steps``."""
+def make_train_step(base_learning_rate, total_steps, warmup_steps=0):
+    """Adam (``optax.scale_by_adam``) at a learning rate that rises linearly from 0 to
+    ``base_learning_rate`` over ``warmup_steps``, then decays to 0 along a half cosine by
+    ``total_steps``."""
     tx = optax.scale_by_adam()
 
     @jax.jit
@@ -163,7 +177,10 @@ def make_train_step(base_learning_rate, total_steps):
         (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             params, batch['image'], batch['label'])
         step = opt_state.count.astype(jnp.float32)
-        lr = base_learning_rate * (jnp.cos(step * jnp.pi / total_steps) * 0.5 + 0.5)
+        decay = jnp.clip((step - warmup_steps) / (total_steps - warmup_steps), 0.0, 1.0)
+        lr = base_learning_rate * jnp.where(
+            step < warmup_steps, step / max(warmup_steps, 1),
+            jnp.cos(decay * jnp.pi) * 0.5 + 0.5)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
         accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'].astype(jnp.int32))
@@ -193,37 +210,52 @@ def evaluate(params, test_ds, size=200):
 
 
 def paired_timing(train_ds, rounds, steps, batch_size, learning_rate):
-    """Milliseconds per training step of both implementations, measured alternately on the
-    same batches from the same initial parameters (so both see the same machine load)."""
+    """Milliseconds per training step of both implementations (wall, and this process's CPU
+    time), measured alternately on the same batches from the same initial parameters (so both
+    see the same machine load); the one that goes first alternates from round to round."""
     train = import_train()
     model = train.create_model(jax.random.PRNGKey(0))
     optimizer = train.create_optimizer(model, learning_rate)
     params = from_flaxen(model.params)
-    tx, plain_step = make_train_step(learning_rate, 1000 * steps)
+    tx, plain_step = make_train_step(learning_rate, 1000 * steps, 0)
     opt_state = tx.init(params)
     batches = [{k: v[i * batch_size:(i + 1) * batch_size] for k, v in train_ds.items()}
                for i in range(steps)]
-    learning_rate_fn = train.create_learning_rate_fn(learning_rate, steps, 1000)
+    learning_rate_fn = train.create_learning_rate_fn(learning_rate, steps, 1000, 0)
     optimizer, _ = train.train_step(optimizer, batches[0], learning_rate_fn)  # compile both
     params, opt_state, _ = plain_step(params, opt_state, batches[0])
-    times = {'flaxen': [], 'plain_jax_optax': []}
-    for r in range(rounds):
-        start = time.time()
+    times: dict[str, list[float]] = {'flaxen': [], 'plain_jax_optax': []}
+    cpu: dict[str, list[float]] = {'flaxen': [], 'plain_jax_optax': []}
+    def run_flaxen():
+        nonlocal optimizer
         for batch in batches:
             optimizer, m = train.train_step(optimizer, batch, learning_rate_fn)
         jax.block_until_ready(m)
-        times['flaxen'].append((time.time() - start) / steps * 1000)
-        start = time.time()
+
+    def run_plain():
+        nonlocal params, opt_state
         for batch in batches:
             params, opt_state, m = plain_step(params, opt_state, batch)
         jax.block_until_ready(m)
-        times['plain_jax_optax'].append((time.time() - start) / steps * 1000)
+
+    order = [('flaxen', run_flaxen), ('plain_jax_optax', run_plain)]
+    for r in range(rounds):
+        for name, run in order if r % 2 == 0 else order[::-1]:  # each goes first in turn
+            start, cpu_start = time.time(), time.process_time()
+            run()
+            times[name].append((time.time() - start) / steps * 1000)
+            cpu[name].append((time.process_time() - cpu_start) / steps * 1000)
         print(json.dumps({'round': r, **{k: v[-1] for k, v in times.items()},
+                          **{f'{k}_cpu': v[-1] for k, v in cpu.items()},
                           'load': os.getloadavg()[0]}), flush=True)
     ratios = [a / b for a, b in zip(times['flaxen'], times['plain_jax_optax'])]
+    cpu_ratios = [a / b for a, b in zip(cpu['flaxen'], cpu['plain_jax_optax'])]
     print(json.dumps({'median_ms_per_step': {k: float(onp.median(v)) for k, v in times.items()},
+                      'median_cpu_ms_per_step': {k: float(onp.median(v))
+                                                 for k, v in cpu.items()},
                       'median_ratio_flaxen_over_plain': float(onp.median(ratios)),
-                      'ratios': ratios}), flush=True)
+                      'median_cpu_ratio_flaxen_over_plain': float(onp.median(cpu_ratios)),
+                      'ratios': ratios, 'cpu_ratios': cpu_ratios}), flush=True)
 
 
 def main(argv):
@@ -237,7 +269,8 @@ def main(argv):
         return
     params = init_params(jax.random.PRNGKey(FLAGS.seed))
     steps = len(train_ds['label']) // FLAGS.batch_size
-    tx, train_step = make_train_step(FLAGS.learning_rate, FLAGS.num_epochs * steps)
+    tx, train_step = make_train_step(FLAGS.learning_rate, FLAGS.num_epochs * steps,
+                                     int(round(FLAGS.warmup_epochs * steps)))
     opt_state = tx.init(params)
     for epoch in range(1, FLAGS.num_epochs + 1):
         start = time.time()

@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 from flaxen import metrics, optim, parallel
 from flaxen.errors import FlaxenError
-from flaxen.training import checkpoints, lr_schedule
+from flaxen.optim import schedules
+from flaxen.training import checkpoints
 
 try:  # as part of the repository's `examples` package (tests, `python -m ...`)
     from examples import config as config_lib
@@ -51,8 +52,12 @@ FLAGS = flags.FLAGS
 def define_flags():
     """Defined only when run as a script, so that tests can import several examples'
     train.py files into one process without clashing flag names."""
-    flags.DEFINE_float('learning_rate', 3e-3,
-                       'Adam learning rate at step 0; it decays to 0 along a half cosine.')
+    flags.DEFINE_float('learning_rate', 4e-3,
+                       'Peak Adam learning rate: reached after --warmup_epochs, then it decays '
+                       'to 0 along a half cosine by the last step.')
+    flags.DEFINE_float('warmup_epochs', 0.4,
+                       'Epochs (a fraction is fine) of linear warm-up of the learning rate from '
+                       '0 (0: none).')
     flags.DEFINE_integer('batch_size', 32, 'Canvases per training step (all processes together).')
     flags.DEFINE_integer('num_epochs', 5, 'Number of training epochs.')
     flags.DEFINE_enum('dataset', 'fashion_mnist', ['fashion_mnist', 'mnist'],
@@ -63,7 +68,7 @@ def define_flags():
     flags.DEFINE_string('cache_dir', None,
                         'Where generated canvases are cached (default $FLAXEN_DATA_CACHE/'
                         'segmentation or ~/.cache/flaxen/datasets/segmentation).')
-    flags.DEFINE_integer('num_train_canvases', 12000, 'Training canvases (from training images).')
+    flags.DEFINE_integer('num_train_canvases', 24000, 'Training canvases (from training images).')
     flags.DEFINE_integer('num_test_canvases', 2000, 'Test canvases (from test images).')
     flags.DEFINE_integer('data_seed', 0, 'Seed of the canvas generator.')
     flags.DEFINE_string('output_dir', '/tmp/flaxen_segmentation',
@@ -83,8 +88,8 @@ EVAL_BATCH_SIZE = 200
 LOG_EVERY = 10  # steps per training-loss row in metrics.jsonl and TensorBoard
 NUM_CLASSES = input_pipeline.NUM_CLASSES
 # The flags that define a run: --resume refuses to continue when one of them changed.
-RUN_KEYS = ('learning_rate', 'batch_size', 'num_epochs', 'dataset', 'num_train_canvases',
-            'num_test_canvases', 'data_seed', 'seed')
+RUN_KEYS = ('learning_rate', 'warmup_epochs', 'batch_size', 'num_epochs', 'dataset',
+            'num_train_canvases', 'num_test_canvases', 'data_seed', 'seed')
 
 
 class ConfigError(FlaxenError):
@@ -102,10 +107,17 @@ def create_optimizer(model, learning_rate):
 
 
 @functools.lru_cache(maxsize=16)  # the same function for the same run: one compiled step
-def create_learning_rate_fn(base_learning_rate, steps_per_epoch, num_epochs):
-    """Cosine decay from ``base_learning_rate`` to 0 over the whole run (no warm-up)."""
-    return lr_schedule.create_cosine_learning_rate_schedule(
-        base_learning_rate, steps_per_epoch, halfcos_epochs=num_epochs)
+def create_learning_rate_fn(base_learning_rate, steps_per_epoch, num_epochs,
+                            warmup_epochs=0.0):
+    """Linear warm-up from 0 to ``base_learning_rate`` over ``warmup_epochs`` (rounded to
+    whole steps), then a half cosine to 0 at the last step
+    (``optax.warmup_cosine_decay_schedule``)."""
+    if not 0 <= warmup_epochs < num_epochs:
+        raise ConfigError(f'--warmup_epochs={warmup_epochs}: expected a number of epochs in '
+                          f'[0, {num_epochs}) (--num_epochs={num_epochs}).')
+    total_steps = steps_per_epoch * num_epochs
+    warmup_steps = min(int(round(warmup_epochs * steps_per_epoch)), total_steps - 1)
+    return schedules.warmup_cosine(base_learning_rate, warmup_steps, total_steps)
 
 
 def to_float(images):
@@ -315,7 +327,7 @@ def train(train_ds, test_ds, cfg=None):
     model = create_model(random.PRNGKey(cfg.seed))
     optimizer = create_optimizer(model, cfg.learning_rate)
     learning_rate_fn = create_learning_rate_fn(cfg.learning_rate, steps_per_epoch,
-                                               cfg.num_epochs)
+                                               cfg.num_epochs, cfg.warmup_epochs)
     ckpt_dir = os.path.join(out, 'checkpoints')
     if cfg.resume:
         optimizer = checkpoints.restore_checkpoint(ckpt_dir, optimizer)
@@ -381,8 +393,8 @@ def train(train_ds, test_ds, cfg=None):
 
 def config_from_flags():
     return SimpleNamespace(**{name: FLAGS[name].value for name in (
-        'learning_rate', 'batch_size', 'num_epochs', 'dataset', 'data_dir', 'cache_dir',
-        'num_train_canvases', 'num_test_canvases', 'data_seed', 'output_dir', 'resume',
+        'learning_rate', 'warmup_epochs', 'batch_size', 'num_epochs', 'dataset', 'data_dir',
+        'cache_dir', 'num_train_canvases', 'num_test_canvases', 'data_seed', 'output_dir', 'resume',
         'num_devices', 'seed', 'progress')})
 
 

@@ -41,8 +41,9 @@ def small_datasets(n_train=64, n_test=30):
 
 
 def config(tmp_path, **kw):
-    cfg = dict(learning_rate=3e-3, batch_size=16, num_epochs=1, dataset="fashion_mnist",
-               data_dir=None, cache_dir=None, num_train_canvases=64, num_test_canvases=30,
+    cfg = dict(learning_rate=3e-3, warmup_epochs=0.0, batch_size=16, num_epochs=1,
+               dataset="fashion_mnist", data_dir=None, cache_dir=None, num_train_canvases=64,
+               num_test_canvases=30,
                data_seed=0, output_dir=str(tmp_path), resume=False, num_devices=1, seed=0,
                progress=False)
     cfg.update(kw)
@@ -56,18 +57,29 @@ def params_of(optimizer):
 def test_train_steps_reduce_loss():
     train_ds, _ = small_datasets()
     model = train.create_model(jax.random.PRNGKey(0))
-    assert set(model.params) == {"down_0", "down_1", "down_2", "bottom", "upsample_2",
-                                 "upsample_1", "upsample_0", "up_2", "up_1", "up_0", "logits"}
+    assert set(model.params) == {"down_0", "down_1", "bottom", "context", "upsample_1",
+                                 "upsample_0", "up_1", "up_0", "head", "logits"}
     optimizer = train.create_optimizer(model, 3e-3)
     learning_rate_fn = train.create_learning_rate_fn(3e-3, 100, 1)
     batch = {k: v[:16] for k, v in train_ds.items()}
     losses = []
-    for _ in range(6):  # the same batch: the loss must fall
+    for _ in range(8):  # the same batch: the loss must fall
         optimizer, m = train.train_step(optimizer, batch, learning_rate_fn)
         losses.append(float(m["loss"]))
-    assert float(m["learning_rate"]) == pytest.approx(3e-3 * (0.5 + 0.5 * np.cos(np.pi * 5 / 100)))
+    assert float(m["learning_rate"]) == pytest.approx(3e-3 * (0.5 + 0.5 * np.cos(np.pi * 7 / 100)))
     assert losses[-1] < 0.8 * losses[0], losses
-    assert int(optimizer.state.step) == 6
+    assert int(optimizer.state.step) == 8
+
+
+def test_learning_rate_warms_up_then_decays_along_a_half_cosine():
+    fn = train.create_learning_rate_fn(4e-3, 50, 4, 0.8)  # 200 steps, 40 of warm-up
+    for step in (0, 10, 40, 41, 120, 199, 200):
+        want = (4e-3 * step / 40 if step < 40
+                else 4e-3 * 0.5 * (1 + np.cos(np.pi * (step - 40) / 160)))
+        assert float(fn(step)) == pytest.approx(want, rel=1e-5, abs=1e-9), step
+    with pytest.raises(train.ConfigError, match=r"--warmup_epochs=4: expected a number of "
+                       r"epochs in \[0, 4\)"):
+        train.create_learning_rate_fn(4e-3, 50, 4, 4)
 
 
 def test_eval_model_matches_numpy_reference():
@@ -181,9 +193,9 @@ def test_plain_jax_baseline_trains_like_flaxen():
     train_ds, _ = small_datasets(n_train=48)
     model = train.create_model(jax.random.PRNGKey(4))
     optimizer = train.create_optimizer(model, 3e-3)
-    learning_rate_fn = train.create_learning_rate_fn(3e-3, 3, 2)  # 6 steps in all
+    learning_rate_fn = train.create_learning_rate_fn(3e-3, 3, 2, 2 / 3)  # 6 steps, 2 warm-up
     params = baseline.from_flaxen(model.params)
-    tx, plain_step = baseline.make_train_step(3e-3, 6)
+    tx, plain_step = baseline.make_train_step(3e-3, 6, 2)
     opt_state = tx.init(params)
     for i in range(3):
         batch = {k: v[16 * i:16 * (i + 1)] for k, v in train_ds.items()}
