@@ -264,25 +264,42 @@ def nanogpt_config_rows(quick: bool) -> list[Row]:
 RUN_STEPS = 2000
 
 
+# The command runs under this small launcher, not as a direct child: Linux carries the
+# peak RSS of the process that execs into the new program's ``ru_maxrss``, so a child forked
+# from this (large) benchmark process would report at least this process's peak.
+_LAUNCHER = """
+import json, os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump({"code": os.waitstatus_to_exitcode(status), "user_s": usage.ru_utime,
+               "sys_s": usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024}, f)
+"""
+
+
 def _whole_run(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
-    """Runs ``cmd`` to the end; its wall time, CPU time and peak RSS (from the child's own
-    ``rusage``) and the JSON summary it prints last (``{`` ... ``}``)."""
+    """Runs ``cmd`` to the end; its wall time, CPU time and peak RSS (the command's own
+    ``rusage``, taken by a small launcher process) and the JSON summary it prints last
+    (``{`` ... ``}``)."""
     import json
     import os
     import subprocess
+    import sys
     import tempfile
     import time
 
-    with tempfile.TemporaryFile("w+") as out:
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryDirectory() as tmp:
+        usage_file = os.path.join(tmp, "usage.json")
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
+        subprocess.run([sys.executable, "-c", _LAUNCHER, usage_file, *cmd], stdout=out,
+                       stderr=subprocess.DEVNULL, env=env, check=False)
         wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         text = out.read()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}: {text[-2000:]}")
+        with open(usage_file) as f:
+            usage = json.load(f)
+    if usage["code"] != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited with {usage['code']}: {text[-2000:]}")
     summary: dict[str, Any] = {}
     decoder = json.JSONDecoder()
     for i, ch in enumerate(text):  # the last JSON object printed at the start of a line
@@ -291,9 +308,8 @@ def _whole_run(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
                 summary = decoder.raw_decode(text, i)[0]
             except ValueError:
                 continue
-    return {"wall_s": wall, "user_s": usage.ru_utime, "sys_s": usage.ru_stime,
-            "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024,
-            **summary}
+    return {"wall_s": wall, "user_s": usage["user_s"], "sys_s": usage["sys_s"],
+            "cpu_s": usage["user_s"] + usage["sys_s"], "rss_mb": usage["rss_mb"], **summary}
 
 
 def whole_run_rows(quick: bool, repeats: int = 2, steps: int = RUN_STEPS) -> list[Row]:
