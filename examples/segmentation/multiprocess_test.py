@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from examples.segmentation.train_test import source_folder
+from examples.segmentation.train_test import data_folder
 from flaxen import metrics
 from tests import multiprocess_util as mp
 
@@ -12,12 +12,7 @@ from tests import multiprocess_util as mp
 @pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path):
     """2 processes x 2 simulated devices on 127.0.0.1 give the single-process result."""
-    folder = source_folder()
-    data = tmp_path / "data"
-    data.mkdir()
-    for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-        (data / (stem + ".gz")).symlink_to(folder / (stem + ".gz"))
-        (data / (stem.replace("t10k", "train") + ".gz")).symlink_to(folder / (stem + ".gz"))
+    data = data_folder(tmp_path)
     common = ["examples/segmentation/train.py", f"--data_dir={data}", "--num_epochs=1",
               "--num_train_canvases=64", "--num_test_canvases=40", "--batch_size=16",
               f"--cache_dir={tmp_path / 'cache'}", "--noprogress"]

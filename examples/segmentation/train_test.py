@@ -30,6 +30,18 @@ def source_folder():
                 "dataset-fashion-mnist")
 
 
+def data_folder(tmp_path: Path) -> Path:
+    """``tmp_path/data`` with the four IDX files, the test images standing in for the
+    training images too (links to ``source_folder()``)."""
+    folder = source_folder()
+    data = tmp_path / "data"
+    data.mkdir()
+    for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (data / (stem + ".gz")).symlink_to(folder / (stem + ".gz"))
+        (data / (stem.replace("t10k", "train") + ".gz")).symlink_to(folder / (stem + ".gz"))
+    return data
+
+
 def small_datasets(n_train=64, n_test=30):
     """Canvases of real test images: the first 5,000 for training canvases, the rest for test."""
     folder = source_folder()
@@ -209,12 +221,7 @@ def test_plain_jax_baseline_trains_like_flaxen():
 
 def test_config_overrides_reach_the_run(tmp_path):
     """--config.x.y=value sets the flat flag the run reads; giving it both ways is refused."""
-    folder = source_folder()
-    data = tmp_path / "data"
-    data.mkdir()
-    for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-        (data / (stem + ".gz")).symlink_to(folder / (stem + ".gz"))
-        (data / (stem.replace("t10k", "train") + ".gz")).symlink_to(folder / (stem + ".gz"))
+    data = data_folder(tmp_path)
     common = [sys.executable, str(HERE / "train.py"), f"--data_dir={data}",
               f"--cache_dir={tmp_path / 'cache'}", f"--output_dir={tmp_path / 'out'}"]
     env = {**os.environ, "PYTHONPATH": str(HERE.parents[1])}
