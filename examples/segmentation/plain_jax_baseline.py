@@ -1,6 +1,8 @@
 """The example's U-Net in plain JAX + optax, for the comparison table in README.md.
 
-Same model (4x4 pixel cells as channels; per level: two times 3x3 conv without bias ->
+Same model (a full-resolution stem: 3x3 conv with bias and ReLU, 2x2 max pooling, 3x3 conv
+without bias -> GroupNorm -> ReLU, 2x2 max pooling; 4x4 pixel cells as channels for the head;
+per level: two times 3x3 conv without bias ->
 GroupNorm of 4 channels per group -> ReLU; 2x2 max pooling down; at the bottom, the mean over
 positions through a 1x1 conv and ReLU added everywhere; 2x2 stride-2 transposed convolution up,
 skip connections joined by concatenation; the cell's pixels joined to the decoder's output,
@@ -33,6 +35,7 @@ except ImportError:
 
 FLAGS = flags.FLAGS
 FEATURES = (32, 64, 128)
+STEM = 16
 PATCH = 4
 HEAD = 64
 GROUP_SIZE = 4
@@ -47,7 +50,7 @@ def define_flags():
             (flags.DEFINE_float, 'learning_rate', 4e-3, 'Peak Adam learning rate.'),
             (flags.DEFINE_float, 'warmup_epochs', 0.4, 'Epochs of linear warm-up.'),
             (flags.DEFINE_integer, 'batch_size', 32, 'Batch size.'),
-            (flags.DEFINE_integer, 'num_epochs', 5, 'Number of epochs.'),
+            (flags.DEFINE_integer, 'num_epochs', 8, 'Number of epochs.'),
             (flags.DEFINE_string, 'dataset', 'fashion_mnist', 'fashion_mnist or mnist.'),
             (flags.DEFINE_string, 'data_dir', None, 'Folder with the four IDX files.'),
             (flags.DEFINE_string, 'cache_dir', None, 'Canvas cache folder.'),
@@ -86,7 +89,10 @@ def init_params(key, features=FEATURES):
     def dense(c_in, c_out):  # a 1x1 convolution
         return {'w': lecun(next(keys), (1, 1, c_in, c_out)), 'b': jnp.zeros(c_out)}
 
-    params, c = {}, PATCH * PATCH
+    params = {'stem': {'conv0': {'w': lecun(next(keys), (3, 3, 1, STEM)), 'b': jnp.zeros(STEM)},
+                       'conv1': lecun(next(keys), (3, 3, STEM, 2 * STEM)),
+                       'gn1': {'scale': jnp.ones(2 * STEM), 'bias': jnp.zeros(2 * STEM)}}}
+    c = 2 * STEM
     for i, f in enumerate(features[:-1]):
         params[f'down_{i}'], c = block(c, f), f
     params['bottom'], c = block(c, features[-1]), features[-1]
@@ -108,7 +114,10 @@ def from_flaxen(params):
 
     out = {}
     for name, p in params.items():
-        if name.startswith(('upsample', 'context', 'head', 'logits')):
+        if name == 'stem':
+            out[name] = {'conv0': {'w': p['Conv_0']['kernel'], 'b': p['Conv_0']['bias']},
+                         'conv1': p['Conv_1']['kernel'], 'gn1': dict(p['GroupNorm_2'])}
+        elif name.startswith(('upsample', 'context', 'head', 'logits')):
             out[name] = {'w': p['kernel'], 'b': p['bias']}
         else:
             out[name] = block(p)
@@ -136,16 +145,29 @@ def conv1x1(x, p):
     return y + p['b'].reshape(1, 1, 1, -1)
 
 
+def max_pool(x):
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID')
+
+
+def stem(x, p):
+    """Full resolution to one position per 4x4 cell (models.Stem)."""
+    x = lax.conv_general_dilated(x, p['conv0']['w'], (1, 1), 'SAME', dimension_numbers=_DN)
+    x = max_pool(jax.nn.relu(x + p['conv0']['b'].reshape(1, 1, 1, -1)))
+    x = lax.conv_general_dilated(x, p['conv1'], (1, 1), 'SAME', dimension_numbers=_DN)
+    return max_pool(jax.nn.relu(group_norm(x, p['gn1'])))
+
+
 def forward(params, x, levels=len(FEATURES)):
     """``x``: float32 ``(n, 64, 64, 1)``; returns logits ``(n, 64, 64, 11)``."""
-    n, h, w, _ = x.shape  # 4x4 pixel cells in, 4x4 pixel cells out (models.UNet's patch)
-    x = x.reshape((n, h // PATCH, PATCH, w // PATCH, PATCH, 1)).transpose((0, 1, 3, 2, 4, 5))
-    x = pixels = x.reshape((n, h // PATCH, w // PATCH, PATCH * PATCH))
+    n, h, w, _ = x.shape  # 4x4 pixel cells out (models.UNet's patch)
+    cells = x.reshape((n, h // PATCH, PATCH, w // PATCH, PATCH, 1)).transpose((0, 1, 3, 2, 4, 5))
+    pixels = cells.reshape((n, h // PATCH, w // PATCH, PATCH * PATCH))
+    x = stem(x, params['stem'])
     skips = []
     for i in range(levels - 1):
         x = conv_block(x, params[f'down_{i}'])
         skips.append(x)
-        x = lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID')
+        x = max_pool(x)
     x = conv_block(x, params['bottom'])
     x = x + jax.nn.relu(conv1x1(jnp.mean(x, axis=(1, 2), keepdims=True), params['context']))
     for i in reversed(range(levels - 1)):

@@ -59,7 +59,7 @@ def define_flags():
                        'Epochs (a fraction is fine) of linear warm-up of the learning rate from '
                        '0 (0: none).')
     flags.DEFINE_integer('batch_size', 32, 'Canvases per training step (all processes together).')
-    flags.DEFINE_integer('num_epochs', 5, 'Number of training epochs.')
+    flags.DEFINE_integer('num_epochs', 8, 'Number of training epochs.')
     flags.DEFINE_enum('dataset', 'fashion_mnist', ['fashion_mnist', 'mnist'],
                       'Which images fill the canvases (the default folder and the class names).')
     flags.DEFINE_string('data_dir', None,

@@ -69,8 +69,9 @@ def params_of(optimizer):
 def test_train_steps_reduce_loss():
     train_ds, _ = small_datasets()
     model = train.create_model(jax.random.PRNGKey(0))
-    assert set(model.params) == {"down_0", "down_1", "bottom", "context", "upsample_1",
-                                 "upsample_0", "up_1", "up_0", "head", "logits"}
+    assert set(model.params) == {"stem", "down_0", "down_1", "bottom", "context",
+                                 "upsample_1", "upsample_0", "up_1", "up_0", "head", "logits"}
+    assert set(model.params["stem"]) == {"Conv_0", "Conv_1", "GroupNorm_2"}
     optimizer = train.create_optimizer(model, 3e-3)
     learning_rate_fn = train.create_learning_rate_fn(3e-3, 100, 1)
     batch = {k: v[:16] for k, v in train_ds.items()}
@@ -163,8 +164,14 @@ def test_data_parallel_matches_single_device(tmp_path):
     train_ds, test_ds = small_datasets(n_train=32, n_test=16)
     one = train.train(train_ds, test_ds, config(tmp_path / "1", num_devices=1))
     eight = train.train(train_ds, test_ds, config(tmp_path / "8", num_devices=0))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4),
-                 params_of(one), params_of(eight.unreplicate()))
+    # Sums over 8 devices round differently from sums over one. Adam divides each gradient by
+    # its own running scale, so a weight whose gradient is near zero can move by up to a few
+    # learning rates differently: a loose bound for single elements, a tight one on average.
+    one, eight = params_of(one), params_of(eight.unreplicate())
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=5e-4), one, eight)
+    mean_diffs = jax.tree.leaves(jax.tree.map(
+        lambda a, b: float(np.mean(np.abs(np.asarray(a) - np.asarray(b)))), one, eight))
+    assert max(mean_diffs) < 1e-5, mean_diffs
     with pytest.raises(train.ConfigError, match="divisible by the number of devices"):
         train.train(train_ds, test_ds, config(tmp_path / "x", batch_size=12, num_devices=8))
 

@@ -14,7 +14,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.num_epochs = 5
+    config.num_epochs = 8
     config.batch_size = 32
     config.learning_rate = 4e-3
     config.warmup_epochs = 0.4
