@@ -32,6 +32,7 @@ except ImportError:
 
 FLAGS = flags.FLAGS
 LATENT_DIM = 64
+NUM_CLASSES = 10
 _DN = ('NHWC', 'HWIO', 'NHWC')
 
 
@@ -43,6 +44,7 @@ def define_flags():
     flags.DEFINE_integer('num_epochs', 20, 'Number of epochs.')
     flags.DEFINE_integer('g_features', 32, 'Generator width.')
     flags.DEFINE_integer('d_features', 32, 'Discriminator width.')
+    flags.DEFINE_bool('conditional', True, 'Class-conditional generator and discriminator.')
     flags.DEFINE_float('ema_decay', 0.999, 'Decay of the moving average of the generator.')
     flags.DEFINE_string('dataset', 'fashion_mnist', 'fashion_mnist or mnist.')
     flags.DEFINE_string('data_dir', None, 'Folder with the four IDX files.')
@@ -52,13 +54,15 @@ def define_flags():
     flags.DEFINE_integer('seed', 0, 'Seed.')
 
 
-def init_params(key, g_features=32, d_features=32):
-    """``(g_params, g_state, d_params)`` with the shapes of the flaxen models."""
-    k = jax.random.split(key, 6)
+def init_params(key, g_features=32, d_features=32, num_classes=NUM_CLASSES):
+    """``(g_params, g_state, d_params)`` with the shapes of the flaxen models
+    (``num_classes=0``: unconditional, no label input and no projection)."""
+    k = jax.random.split(key, 7)
     lecun = jax.nn.initializers.lecun_normal()
     f = g_features
     bn = lambda n: {'scale': jnp.ones(n), 'bias': jnp.zeros(n)}  # noqa: E731
-    g = {'dense': lecun(k[0], (LATENT_DIM, 7 * 7 * 2 * f)), 'bn1': bn(7 * 7 * 2 * f),
+    g = {'dense': lecun(k[0], (LATENT_DIM + num_classes, 7 * 7 * 2 * f)),
+         'bn1': bn(7 * 7 * 2 * f),
          'up1': lecun(k[1], (3, 3, 2 * f, 4 * f)), 'bn2': bn(f),
          'up2': {'w': lecun(k[2], (3, 3, f, 4)), 'b': jnp.zeros(4)}}
     g_state = {name: {'mean': jnp.zeros(n), 'var': jnp.ones(n)}
@@ -67,6 +71,9 @@ def init_params(key, g_features=32, d_features=32):
     d = {'conv1': {'w': lecun(k[3], (4, 4, 1, f)), 'b': jnp.zeros(f)},
          'conv2': {'w': lecun(k[4], (4, 4, f, 2 * f)), 'b': jnp.zeros(2 * f)},
          'dense': {'w': lecun(k[5], (7 * 7 * 2 * f, 1)), 'b': jnp.zeros(1)}}
+    if num_classes:  # rows of unit-variance / fan-in, as nn.Embed's default initializer
+        d['projection'] = jax.random.normal(k[6], (num_classes, 7 * 7 * 2 * f)) / jnp.sqrt(
+            7 * 7 * 2 * f)
     return g, g_state, d
 
 
@@ -99,8 +106,12 @@ def subpixel_upsample(x, w):
     return x.reshape((b, 2 * h, 2 * wd, c4 // 4))
 
 
-def generator(g, g_state, z, train=True):
-    """``(images (B, 28, 28, 1) in [-1, 1], new_state)``."""
+def generator(g, g_state, z, labels, train=True):
+    """``(images (B, 28, 28, 1) in [-1, 1], new_state)``; conditional when the dense kernel
+    has rows for the one-hot label."""
+    num_classes = g['dense'].shape[0] - LATENT_DIM
+    if num_classes:
+        z = jnp.concatenate([z, jax.nn.one_hot(labels, num_classes, dtype=z.dtype)], -1)
     x, s1 = batch_norm(z @ g['dense'], g['bn1'], g_state['bn1'], train)
     x = jax.nn.relu(x).reshape((z.shape[0], 7, 7, -1))
     x = subpixel_upsample(x, g['up1'])
@@ -111,23 +122,26 @@ def generator(g, g_state, z, train=True):
     return jnp.tanh(x), {'bn1': s1, 'bn2': s2}
 
 
-def discriminator(d, x):
+def discriminator(d, x, labels):
     for name in ('conv1', 'conv2'):
         x = lax.conv_general_dilated(x, d[name]['w'], (2, 2), 'SAME', dimension_numbers=_DN)
         x = jax.nn.leaky_relu(x + last_axis(d[name]['b'], 4), 0.2)
     x = x.reshape((x.shape[0], -1))
-    return (x @ d['dense']['w'])[:, 0] + d['dense']['b'][0]
+    logits = (x @ d['dense']['w'])[:, 0] + d['dense']['b'][0]
+    if 'projection' in d:  # projection discriminator: + <embedding[label], features>
+        logits = logits + jnp.sum(d['projection'][labels] * x, axis=-1)
+    return logits
 
 
 def make_train_step(tx):
     @jax.jit
     def train_step(g, d, g_state, g_opt, d_opt, batch):
-        fake, g_vjp, g_state = jax.vjp(lambda g: generator(g, g_state, batch['noise']), g,
-                                       has_aux=True)
+        fake, g_vjp, g_state = jax.vjp(
+            lambda g: generator(g, g_state, batch['noise'], batch['label']), g, has_aux=True)
 
         def d_loss_fn(d):
-            real_logits = discriminator(d, batch['image'])
-            fake_logits = discriminator(d, lax.stop_gradient(fake))
+            real_logits = discriminator(d, batch['image'], batch['label'])
+            fake_logits = discriminator(d, lax.stop_gradient(fake), batch['label'])
             loss = jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
             return loss, (real_logits, fake_logits)
 
@@ -136,7 +150,7 @@ def make_train_step(tx):
         updates, d_opt = tx.update(d_grad, d_opt, d)
         d = optax.apply_updates(d, updates)
         g_loss, d_fake = jax.value_and_grad(
-            lambda x: jnp.mean(jax.nn.softplus(-discriminator(d, x))))(fake)
+            lambda x: jnp.mean(jax.nn.softplus(-discriminator(d, x, batch['label']))))(fake)
         (g_grad,) = g_vjp(d_fake)
         updates, g_opt = tx.update(g_grad, g_opt, g)
         g = optax.apply_updates(g, updates)
@@ -166,8 +180,8 @@ def classifier(c, x):
 
 
 @jax.jit
-def generated_sums(g, g_state, c, z):
-    images, _ = generator(g, g_state, z, train=False)
+def generated_sums(g, g_state, c, z, labels):
+    images, _ = generator(g, g_state, z, labels, train=False)
     return quality.batch_sums(*classifier(c, (images + 1.0) * 0.5))
 
 
@@ -193,7 +207,7 @@ def main(argv):
                                     for i in range(0, len(test_ds['image']), 1000)])
 
     g, g_state, d = init_params(jax.random.PRNGKey(FLAGS.seed), FLAGS.g_features,
-                                FLAGS.d_features)
+                                FLAGS.d_features, NUM_CLASSES if FLAGS.conditional else 0)
     tx = optax.adam(FLAGS.learning_rate, b1=FLAGS.beta1)
     g_opt, d_opt = tx.init(g), tx.init(d)
     ema = (g, g_state)
@@ -202,6 +216,7 @@ def main(argv):
     steps = n // bs
     eval_noise = onp.random.RandomState([FLAGS.seed, 1_000_000]).normal(
         size=(FLAGS.num_eval_samples, LATENT_DIM)).astype(onp.float32)
+    eval_labels = (onp.arange(FLAGS.num_eval_samples) % NUM_CLASSES).astype(onp.int32)
     for epoch in range(1, FLAGS.num_epochs + 1):
         start = time.time()
         rng = onp.random.RandomState([FLAGS.seed, epoch])
@@ -209,7 +224,8 @@ def main(argv):
         noise = rng.normal(size=(steps, bs, LATENT_DIM)).astype(onp.float32)
         ms = []
         for i in range(steps):
-            batch = {'image': train_ds['image'][perms[i]] * 2.0 - 1.0, 'noise': noise[i]}
+            batch = {'image': train_ds['image'][perms[i]] * 2.0 - 1.0,
+                     'label': train_ds['label'][perms[i]], 'noise': noise[i]}
             g, d, g_state, g_opt, d_opt, m = train_step(g, d, g_state, g_opt, d_opt, batch)
             ema = update_ema(ema, g, g_state, (epoch - 1) * steps + i + 1, FLAGS.ema_decay)
             ms.append(m)
@@ -219,7 +235,8 @@ def main(argv):
         if c is None:
             c, reference = load_classifier()
         if c is not None:
-            sums = quality.add_sums([generated_sums(*ema, c, eval_noise[i:i + 1000])
+            sums = quality.add_sums([generated_sums(*ema, c, eval_noise[i:i + 1000],
+                                                    eval_labels[i:i + 1000])
                                      for i in range(0, len(eval_noise), 1000)])
             row['fid'], row['inception_score'] = quality.fid_and_is(sums, reference)
         print(json.dumps(row), flush=True)

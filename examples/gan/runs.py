@@ -202,7 +202,7 @@ class Logs:
         self.epochs.append({'step': epoch, **values})
         for k, v in values.items():
             self.tensorboard.scalar(k, v, epoch)
-        grid = plots.grid(grid_images)
+        grid = plots.grid(grid_images, columns=10)
         self.tensorboard.image('samples', grid, epoch)
         plots.save_png(grid, os.path.join(self.out, 'samples', f'epoch_{epoch:03d}.png'),
                        scale=3)

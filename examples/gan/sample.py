@@ -4,7 +4,8 @@
     python examples/gan/sample.py --output_dir=/tmp/flaxen_gan --checkpoint_step=5
 
 For each checkpoint of a train.py run in --output_dir (the configuration comes from its
-config.json): a grid of 64 samples from the fixed noise of train.py
+config.json): a 10 x 10 grid of samples from the fixed noise of train.py (column k drawn
+for class k when the run was conditional)
 (``samples/checkpoint_N.png``), and, with --classifier_dir, the Frechet distance and the
 inception score of --num_eval_samples images, printed and appended to ``scores.jsonl``.
 Useful when training ran without a classifier, or to score again with another one.
@@ -43,7 +44,8 @@ def load(output_dir: str, step: int) -> tuple:
     with open(path, encoding='utf-8') as f:
         cfg = json.load(f)
     generator, g_state, discriminator = train.create_models(
-        jax.random.PRNGKey(0), cfg['g_features'], cfg['d_features'])
+        jax.random.PRNGKey(0), cfg['g_features'], cfg['d_features'],
+        cfg.get('conditional', False))  # runs from before the flag were unconditional
     g_opt, d_opt = train.create_optimizers(generator, discriminator, cfg['learning_rate'],
                                            cfg['beta1'])
     ema = {'generator': generator, 'generator_state': g_state}
@@ -80,8 +82,9 @@ def main(argv):
         for step in steps:
             generator, g_state, seed = load(out, step)
             noise = train.eval_noise(seed, max(FLAGS.num_eval_samples, train.GRID))
-            grid = plots.grid(jax.device_get(train.generate(generator, g_state,
-                                                            noise[:train.GRID])))
+            grid = plots.grid(jax.device_get(train.generate(
+                generator, g_state, noise[:train.GRID], train.eval_labels(train.GRID))),
+                columns=10)
             plots.save_png(grid, os.path.join(out, 'samples', f'checkpoint_{step}.png'), scale=3)
             row = {}
             if classifier is not None:

@@ -58,6 +58,8 @@ def define_flags():
     flags.DEFINE_integer('num_epochs', 20, 'Number of training epochs.')
     flags.DEFINE_integer('g_features', 32, 'Width of the generator (its last hidden layer).')
     flags.DEFINE_integer('d_features', 32, 'Width of the discriminator (its first layer).')
+    flags.DEFINE_bool('conditional', True, 'Class-conditional generator and discriminator '
+                      '(each image drawn for a given class); --noconditional: plain DCGAN.')
     flags.DEFINE_float('ema_decay', 0.999, 'Decay of the moving average of the generator '
                        'that is sampled and scored (0: the generator itself).')
     flags.DEFINE_enum('dataset', 'fashion_mnist', ['fashion_mnist', 'mnist'], 'The data set.')
@@ -75,23 +77,25 @@ def define_flags():
 
 
 EVAL_BATCH_SIZE = 1000
-GRID = 64  # images in the per-epoch sample grid (8 x 8)
+GRID = 100  # images in the per-epoch sample grid: 10 x 10, column k drawn for class k
 # Flags that define the computation: --resume refuses to continue a run where one differs.
-CONFIG_KEYS = ('learning_rate', 'beta1', 'batch_size', 'g_features', 'd_features', 'ema_decay',
+CONFIG_KEYS = ('learning_rate', 'beta1', 'batch_size', 'g_features', 'd_features', 'conditional',
+               'ema_decay',
                'dataset', 'num_train_examples', 'seed')
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def create_models(key, g_features, d_features):
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def create_models(key, g_features, d_features, conditional=True):
     """``(generator, generator_state, discriminator)``: two Models and the BatchNorm state."""
     g_key, d_key = random.split(key)
+    num_classes = models.NUM_CLASSES if conditional else 0
     z = jnp.zeros((2, models.LATENT_DIM), jnp.float32)
-    _, g_params, g_state = models.Generator.init_with_state(g_key, z, features=g_features)
-    generator = nn.Model(models.Generator.partial(features=g_features), g_params)
-    _, d_params = models.Discriminator.init(d_key, jnp.zeros((2, 28, 28, 1), jnp.float32),
-                                            features=d_features)
-    return generator, g_state, nn.Model(models.Discriminator.partial(features=d_features),
-                                        d_params)
+    labels = jnp.zeros((2,), jnp.int32)
+    g_def = models.Generator.partial(features=g_features, num_classes=num_classes)
+    _, g_params, g_state = g_def.init_with_state(g_key, z, labels)
+    d_def = models.Discriminator.partial(features=d_features, num_classes=num_classes)
+    _, d_params = d_def.init(d_key, jnp.zeros((2, 28, 28, 1), jnp.float32), labels)
+    return nn.Model(g_def, g_params), g_state, nn.Model(d_def, d_params)
 
 
 def create_optimizers(generator, discriminator, learning_rate, beta1):
@@ -115,7 +119,9 @@ def train_step(g_opt, d_opt, g_state, batch):
     Args:
       g_opt, d_opt: the two optimizers (targets: generator, discriminator Models).
       g_state: the generator's BatchNorm statistics (an ``nn.Collection``).
-      batch: ``'image'`` float32 ``(B, 28, 28, 1)`` in ``[-1, 1]``, ``'noise'`` float32
+      batch: ``'image'`` float32 ``(B, 28, 28, 1)`` in ``[-1, 1]``, ``'label'`` int32
+        ``(B,)`` (the real images' classes; the fakes are drawn for the same classes, so both
+        halves of the discriminator's batch have one class mix), ``'noise'`` float32
         ``(B, LATENT_DIM)``.
 
     Returns:
@@ -125,20 +131,20 @@ def train_step(g_opt, d_opt, g_state, batch):
     # statistics come back as g_state). jax.vjp keeps what its backward pass needs, so the
     # generator step below reuses this forward pass instead of computing it again.
     def generate(generator):
-        return generator.call_with_state(g_state, batch['noise'])
+        return generator.call_with_state(g_state, batch['noise'], batch['label'])
 
     fake, g_vjp, g_state = jax.vjp(generate, g_opt.target, has_aux=True)
 
     def d_loss_fn(discriminator):
-        real_logits = discriminator(batch['image'])
-        fake_logits = discriminator(jax.lax.stop_gradient(fake))
+        real_logits = discriminator(batch['image'], batch['label'])
+        fake_logits = discriminator(jax.lax.stop_gradient(fake), batch['label'])
         return bce_real(real_logits) + bce_fake(fake_logits), (real_logits, fake_logits)
 
     d_opt, d_loss, (real_logits, fake_logits) = d_opt.optimize(d_loss_fn)
 
     # Non-saturating generator loss, through the updated discriminator.
     def g_loss_fn(images):
-        return bce_real(d_opt.target(images))
+        return bce_real(d_opt.target(images, batch['label']))
 
     g_loss, d_fake = jax.value_and_grad(g_loss_fn)(fake)
     (g_grad,) = g_vjp(d_fake)
@@ -164,15 +170,17 @@ def update_ema(ema, generator, g_state, step, decay):
 
 
 @jax.jit
-def generate(generator, g_state, noise):
-    """Images in ``[0, 1]`` from noise, with the running BatchNorm statistics (eval mode)."""
-    images, _ = generator.call_with_state(g_state, noise, train=False, _mutable=False)
+def generate(generator, g_state, noise, labels):
+    """Images in ``[0, 1]`` drawn for ``labels`` from ``noise``, with the running BatchNorm
+    statistics (eval mode). An unconditional generator ignores ``labels``."""
+    images, _ = generator.call_with_state(g_state, noise, labels, train=False, _mutable=False)
     return input_pipeline.from_gan_range(images)
 
 
 @jax.jit
-def generated_sums(generator, g_state, classifier, noise):
-    return quality.batch_sums(*classifier(generate(generator, g_state, noise), features=True))
+def generated_sums(generator, g_state, classifier, noise, labels):
+    images = generate(generator, g_state, noise, labels)
+    return quality.batch_sums(*classifier(images, features=True))
 
 
 def eval_noise(seed, n):
@@ -181,11 +189,20 @@ def eval_noise(seed, n):
         size=(n, models.LATENT_DIM)).astype(onp.float32)
 
 
+def eval_labels(n):
+    """The classes asked for with ``eval_noise``: ``0, 1, ..., 9, 0, 1, ...`` (each class equally
+    often, as in the test set; in the 10-column grid, column ``k`` is class ``k``)."""
+    return (onp.arange(n) % models.NUM_CLASSES).astype(onp.int32)
+
+
 def score(generator, g_state, classifier, reference, noise, mesh):
-    """``(frechet_distance, inception_score)`` of the images generated from ``noise``."""
+    """``(frechet_distance, inception_score)`` of the images generated from ``noise`` (for
+    the classes of ``eval_labels``)."""
     size = runs.eval_batch_size(len(noise), EVAL_BATCH_SIZE, mesh)
+    labels = eval_labels(len(noise))
     sums = [generated_sums(generator, g_state, classifier,
-                           runs.local_batch(noise[i:i + size], mesh))
+                           runs.local_batch(noise[i:i + size], mesh),
+                           runs.local_batch(labels[i:i + size], mesh))
             for i in range(0, len(noise) - size + 1, size)]
     return quality.fid_and_is(runs.add_replicated_sums(sums), reference)
 
@@ -204,7 +221,7 @@ def train_epoch(state, train_ds, cfg, epoch, mesh, log_steps):
                disable=not (cfg.progress and jax.process_index() == 0))
     for i in bar:
         batch = {'image': input_pipeline.to_gan_range(train_ds['image'][perms[i]]),
-                 'noise': noise[i]}
+                 'label': train_ds['label'][perms[i]], 'noise': noise[i]}
         g_opt, d_opt, g_state, m = train_step(g_opt, d_opt, g_state, runs.local_batch(batch, mesh))
         ema = update_ema(ema, g_opt.target, g_state, (epoch - 1) * steps + i + 1, cfg.ema_decay)
         window.append(m)
@@ -234,7 +251,7 @@ def train(train_ds, test_ds, cfg=None):
     classifier = runs.load_classifier(cfg.classifier_dir)
 
     generator, g_state, discriminator = create_models(
-        random.PRNGKey(cfg.seed), cfg.g_features, cfg.d_features)
+        random.PRNGKey(cfg.seed), cfg.g_features, cfg.d_features, cfg.conditional)
     g_opt, d_opt = create_optimizers(generator, discriminator, cfg.learning_rate, cfg.beta1)
     ema = {'generator': generator, 'generator_state': g_state}
     state = {'generator': g_opt, 'discriminator': d_opt, 'generator_state': g_state,
@@ -258,13 +275,15 @@ def train(train_ds, test_ds, cfg=None):
     if classifier is not None:  # the test set's features: the target of the Frechet distance
         reference = runs.dataset_sums(classifier, test_ds['image'], mesh)
     grid_noise = runs.replicate(noise[:GRID], mesh)
+    grid_labels = runs.replicate(eval_labels(GRID), mesh)
     for epoch in range(first_epoch, cfg.num_epochs + 1):
         start = time.time()
         state, row = train_epoch(state, train_ds, cfg, epoch, mesh, logs.step)
         train_seconds = time.time() - start
         g_opt, d_opt, g_state, ema = state
         # Samples and scores are those of the moving average of the generator.
-        grid = runs.to_host(generate(ema['generator'], ema['generator_state'], grid_noise))
+        grid = runs.to_host(generate(ema['generator'], ema['generator_state'], grid_noise,
+                                     grid_labels))
         if classifier is not None:
             row['fid'], row['inception_score'] = score(
                 ema['generator'], ema['generator_state'], classifier, reference,
@@ -284,9 +303,8 @@ def train(train_ds, test_ds, cfg=None):
 def config_from_flags():
     return SimpleNamespace(**{name: FLAGS[name].value for name in (
         'learning_rate', 'beta1', 'batch_size', 'num_epochs', 'g_features', 'd_features',
-        'ema_decay', 'dataset', 'data_dir', 'output_dir', 'classifier_dir', 'num_eval_samples',
-        'num_train_examples', 'resume',
-        'seed', 'num_devices', 'progress')})
+        'conditional', 'ema_decay', 'dataset', 'data_dir', 'output_dir', 'classifier_dir',
+        'num_eval_samples', 'num_train_examples', 'resume', 'seed', 'num_devices', 'progress')})
 
 
 def main(argv):

@@ -46,8 +46,8 @@ def small_datasets(n_train=256, n_test=200):
 
 def config(out, **kw):
     cfg = dict(learning_rate=2e-4, beta1=0.5, batch_size=64, num_epochs=1, g_features=8,
-               d_features=8, ema_decay=0.999, dataset="fashion_mnist", data_dir=None,
-               output_dir=str(out), classifier_dir="", num_eval_samples=200,
+               d_features=8, conditional=True, ema_decay=0.999, dataset="fashion_mnist",
+               data_dir=None, output_dir=str(out), classifier_dir="", num_eval_samples=200,
                num_train_examples=0, resume=False, seed=0, num_devices=1, progress=False)
     cfg.update(kw)
     return SimpleNamespace(**cfg)
@@ -108,6 +108,7 @@ def test_train_steps_update_both_networks_and_the_batchnorm_state():
     rng = np.random.RandomState(0)
     for i in range(3):
         batch = {"image": input_pipeline.to_gan_range(train_ds["image"][i * 64:(i + 1) * 64]),
+                 "label": train_ds["label"][i * 64:(i + 1) * 64],
                  "noise": rng.normal(size=(64, 64)).astype(np.float32)}
         g_opt, d_opt, g_state, m = train.train_step(g_opt, d_opt, g_state, batch)
         assert all(np.isfinite(float(v)) for v in m.values())
@@ -119,9 +120,42 @@ def test_train_steps_update_both_networks_and_the_batchnorm_state():
     # The running statistics moved from their initial values (zeros and ones).
     assert not np.allclose(np.asarray(g_state["/BatchNorm_3"]["mean"]),
                            s0["/BatchNorm_3"]["mean"])
-    images = train.generate(g_opt.target, g_state, np.zeros((4, 64), np.float32))
+    images = train.generate(g_opt.target, g_state, np.zeros((4, 64), np.float32),
+                            np.arange(4, dtype=np.int32))
     assert images.shape == (4, 28, 28, 1)
     assert 0.0 <= float(images.min()) <= float(images.max()) <= 1.0
+
+
+def test_conditioning_follows_the_labels():
+    """The generator's dense layer sees [noise, one-hot label]; the discriminator's logit is
+    the plain one plus <embedding[label], features> (NumPy reference)."""
+    generator, g_state, discriminator = train.create_models(jax.random.PRNGKey(3), 8, 8)
+    noise = np.random.RandomState(0).normal(size=(2, 64)).astype(np.float32)
+    same_noise = np.repeat(noise[:1], 2, axis=0)
+    a, b = train.generate(generator, g_state, same_noise, np.array([0, 7], np.int32))
+    assert float(np.abs(np.asarray(a) - np.asarray(b)).max()) > 1e-3  # the label matters
+    kernel = np.asarray(generator.params["Dense_0"]["kernel"])
+    assert kernel.shape[0] == 64 + 10
+    images = np.asarray(train.generate(generator, g_state, noise, np.array([2, 5], np.int32)))
+    images = input_pipeline.to_gan_range(images)
+    labels = np.array([2, 5], np.int32)
+    logits = np.asarray(discriminator(images, labels), np.float64)
+    d = discriminator.params
+    x = images
+    for name in ("Conv_0", "Conv_1"):
+        x = jax.lax.conv_general_dilated(x, d[name]["kernel"], (2, 2), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        x = np.asarray(jax.nn.leaky_relu(np.asarray(x) + np.asarray(d[name]["bias"]), 0.2),
+                       np.float64)
+    h = x.reshape((2, -1))
+    expected = (h @ np.asarray(d["Dense_2"]["kernel"], np.float64))[:, 0] + float(
+        d["Dense_2"]["bias"][0])
+    expected += np.sum(np.asarray(d["projection"]["embedding"], np.float64)[labels] * h, -1)
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+    # --noconditional: no label input, no projection.
+    g_plain, _, d_plain = train.create_models(jax.random.PRNGKey(3), 8, 8, False)
+    assert "projection" not in d_plain.params
+    assert g_plain.params["Dense_0"]["kernel"].shape[0] == 64
 
 
 def test_update_ema_matches_numpy():
@@ -150,17 +184,21 @@ def baseline_params(generator, g_state, discriminator):
             {"bn1": stats(g_state["/BatchNorm_1"]), "bn2": stats(g_state["/BatchNorm_3"])},
             {"conv1": {"w": d["Conv_0"]["kernel"], "b": d["Conv_0"]["bias"]},
              "conv2": {"w": d["Conv_1"]["kernel"], "b": d["Conv_1"]["bias"]},
-             "dense": {"w": d["Dense_2"]["kernel"], "b": d["Dense_2"]["bias"]}})
+             "dense": {"w": d["Dense_2"]["kernel"], "b": d["Dense_2"]["bias"]},
+             **({"projection": d["projection"]["embedding"]} if "projection" in d else {})})
 
 
-def test_plain_jax_baseline_trains_the_same_model():
+@pytest.mark.parametrize("conditional", [True, False])
+def test_plain_jax_baseline_trains_the_same_model(conditional):
     """The comparison in README.md is fair: same shapes, and the same three steps."""
     import optax
 
     train_ds, _ = small_datasets()
-    generator, g_state, discriminator = train.create_models(jax.random.PRNGKey(2), 8, 8)
+    generator, g_state, discriminator = train.create_models(jax.random.PRNGKey(2), 8, 8,
+                                                            conditional)
     g, s, d = baseline_params(generator, g_state, discriminator)
-    ref = baseline.init_params(jax.random.PRNGKey(2), 8, 8)
+    ref = baseline.init_params(jax.random.PRNGKey(2), 8, 8, 10 if conditional else 0)
+    assert set(d) == set(ref[2]) and ("projection" in d) == conditional
     jax.tree.map(lambda a, b: np.testing.assert_equal(np.shape(a), np.shape(b)), (g, s, d), ref)
     g_opt, d_opt = train.create_optimizers(generator, discriminator, 2e-4, 0.5)
     tx = optax.adam(2e-4, b1=0.5)
@@ -171,6 +209,7 @@ def test_plain_jax_baseline_trains_the_same_model():
     rng = np.random.RandomState(1)
     for i in range(3):
         batch = {"image": input_pipeline.to_gan_range(train_ds["image"][i * 64:(i + 1) * 64]),
+                 "label": train_ds["label"][i * 64:(i + 1) * 64],
                  "noise": rng.normal(size=(64, 64)).astype(np.float32)}
         g_opt, d_opt, g_state, m = train.train_step(g_opt, d_opt, g_state, batch)
         with jax.numpy_dtype_promotion("standard"):  # optax is written for standard promotion

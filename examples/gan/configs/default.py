@@ -24,6 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict()
     config.model.g_features = 32
     config.model.d_features = 32
+    config.model.conditional = True  # class-conditional G and D (False: a plain DCGAN)
     config.model.ema_decay = 0.999  # the averaged generator that is sampled and scored
 
     config.data = ml_collections.ConfigDict()
