@@ -59,7 +59,7 @@ def define_flags():
                        'Epochs (a fraction is fine) of linear warm-up of the learning rate from '
                        '0 (0: none).')
     flags.DEFINE_integer('batch_size', 32, 'Canvases per training step (all processes together).')
-    flags.DEFINE_integer('num_epochs', 8, 'Number of training epochs.')
+    flags.DEFINE_integer('num_epochs', 4, 'Number of training epochs.')
     flags.DEFINE_enum('dataset', 'fashion_mnist', ['fashion_mnist', 'mnist'],
                       'Which images fill the canvases (the default folder and the class names).')
     flags.DEFINE_string('data_dir', None,
@@ -68,7 +68,7 @@ def define_flags():
     flags.DEFINE_string('cache_dir', None,
                         'Where generated canvases are cached (default $FLAXEN_DATA_CACHE/'
                         'segmentation or ~/.cache/flaxen/datasets/segmentation).')
-    flags.DEFINE_integer('num_train_canvases', 24000, 'Training canvases (from training images).')
+    flags.DEFINE_integer('num_train_canvases', 48000, 'Training canvases (from training images).')
     flags.DEFINE_integer('num_test_canvases', 2000, 'Test canvases (from test images).')
     flags.DEFINE_integer('data_seed', 0, 'Seed of the canvas generator.')
     flags.DEFINE_string('output_dir', '/tmp/flaxen_segmentation',
