@@ -1,6 +1,8 @@
-"""Every code block in README.md and docs/ is either run or checked against the file it quotes.
+"""Every code block in README.md, docs/ and the examples' READMEs is either run or checked
+against the file it quotes.
 
-For each page (README.md and every ``docs/**/*.md``, found by glob so new pages are covered):
+For each page (README.md, every ``docs/**/*.md`` and every ``examples/*/README.md``, found by
+glob so new pages are covered):
 
 * its ```python (or ```py) blocks run in order, in one fresh namespace, in a new Python
   process whose working directory is the repository root, as a reader pasting them one after
@@ -31,7 +33,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("**/*.md"))]
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("**/*.md")),
+         *sorted((REPO / "examples").glob("*/README.md"))]
 PAGE_IDS = [str(p.relative_to(REPO)) for p in PAGES]
 PYTHON = {"python", "py", "python3"}
 FENCE = re.compile(r"^(?P<indent> *)(?P<ticks>`{3,})(?P<lang>[\w+-]*)")
