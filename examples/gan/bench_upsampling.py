@@ -55,22 +55,12 @@ class Generator(nn.Module):
         return jnp.tanh(upsample(x, 1, kind, bias=True))
 
 
-def create_models(kind, features):
-    """``train.create_models`` with this file's generator. (Not by swapping
-    ``models.Generator`` under ``train.create_models``: that function is jitted, so a second
-    call with the same sizes would return the first kind's generator from jit's cache.)"""
-    g_key, d_key = jax.random.split(jax.random.PRNGKey(0))
-    z, labels = jnp.zeros((2, models.LATENT_DIM)), jnp.zeros((2,), jnp.int32)
-    g_def = Generator.partial(features=features, kind=kind)
-    _, g_params, g_state = g_def.init_with_state(g_key, z, labels)
-    d_def = models.Discriminator.partial(features=features)
-    _, d_params = d_def.init(d_key, jnp.zeros((2, 28, 28, 1)), labels)
-    return nn.Model(g_def, g_params), g_state, nn.Model(d_def, d_params)
-
-
 def time_step(kind, features, batch_size, steps):
     """``(wall_ms, cpu_ms)`` per train step, after one step that compiles."""
-    generator, g_state, discriminator = create_models(kind, features)
+    # The generator is passed in: swapping models.Generator under the jitted
+    # train.create_models would return the first kind's generator from jit's cache.
+    generator, g_state, discriminator = train.create_models(
+        jax.random.PRNGKey(0), features, features, True, Generator.partial(kind=kind))
     g_opt, d_opt = train.create_optimizers(generator, discriminator, 2e-4, 0.5)
     rng = onp.random.RandomState(0)
     batch = {'image': rng.uniform(-1, 1, (batch_size, 28, 28, 1)).astype(onp.float32),

@@ -84,14 +84,19 @@ CONFIG_KEYS = ('learning_rate', 'beta1', 'batch_size', 'g_features', 'd_features
                'dataset', 'num_train_examples', 'seed')
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def create_models(key, g_features, d_features, conditional=True):
-    """``(generator, generator_state, discriminator)``: two Models and the BatchNorm state."""
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def create_models(key, g_features, d_features, conditional=True,
+                  generator_module=models.Generator):
+    """``(generator, generator_state, discriminator)``: two Models and the BatchNorm state.
+
+    ``generator_module`` is a Module with ``models.Generator``'s arguments (bench_upsampling.py
+    passes variants). It is an argument, not read from ``models`` at trace time, because jit
+    caches the result by the arguments."""
     g_key, d_key = random.split(key)
     num_classes = models.NUM_CLASSES if conditional else 0
     z = jnp.zeros((2, models.LATENT_DIM), jnp.float32)
     labels = jnp.zeros((2,), jnp.int32)
-    g_def = models.Generator.partial(features=g_features, num_classes=num_classes)
+    g_def = generator_module.partial(features=g_features, num_classes=num_classes)
     _, g_params, g_state = g_def.init_with_state(g_key, z, labels)
     d_def = models.Discriminator.partial(features=d_features, num_classes=num_classes)
     _, d_params = d_def.init(d_key, jnp.zeros((2, 28, 28, 1), jnp.float32), labels)

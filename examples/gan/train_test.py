@@ -158,6 +158,23 @@ def test_conditioning_follows_the_labels():
     assert g_plain.params["Dense_0"]["kernel"].shape[0] == 64
 
 
+def test_create_models_builds_the_generator_it_is_given():
+    """bench_upsampling.py's variants: jit's cache must not hand back an earlier generator."""
+    from examples.gan import bench_upsampling
+
+    convs = []
+    for kind in bench_upsampling.KINDS:
+        generator, _, _ = train.create_models(jax.random.PRNGKey(0), 8, 8, True,
+                                              bench_upsampling.Generator.partial(kind=kind))
+        convs.append(sorted(k for k in generator.params if "Conv" in k))
+    assert convs[0] == ["ConvTranspose_2", "ConvTranspose_4"]
+    assert convs[1] == convs[2] == ["Conv_2", "Conv_4"]
+    kernels = [train.create_models(jax.random.PRNGKey(0), 8, 8, True,
+                                   bench_upsampling.Generator.partial(kind=kind))[0]
+               .params["Conv_2"]["kernel"].shape for kind in ("nearest", "subpixel")]
+    assert kernels == [(3, 3, 16, 8), (3, 3, 16, 32)]
+
+
 def test_update_ema_matches_numpy():
     generator, g_state, _ = train.create_models(jax.random.PRNGKey(0), 8, 8)
     ema = {"generator": generator, "generator_state": g_state}
