@@ -47,14 +47,14 @@ def define_flags():
     """Defined only when run as a script, so that tests can import this file beside train.py.
     Flags that train.py already defined (in ``--paired_rounds`` mode) are left as they are."""
     for define, name, default, text in (
-            (flags.DEFINE_float, 'learning_rate', 4e-3, 'Peak Adam learning rate.'),
+            (flags.DEFINE_float, 'learning_rate', 8e-3, 'Peak Adam learning rate.'),
             (flags.DEFINE_float, 'warmup_epochs', 0.4, 'Epochs of linear warm-up.'),
-            (flags.DEFINE_integer, 'batch_size', 32, 'Batch size.'),
+            (flags.DEFINE_integer, 'batch_size', 16, 'Batch size.'),
             (flags.DEFINE_integer, 'num_epochs', 4, 'Number of epochs.'),
             (flags.DEFINE_string, 'dataset', 'fashion_mnist', 'fashion_mnist or mnist.'),
             (flags.DEFINE_string, 'data_dir', None, 'Folder with the four IDX files.'),
             (flags.DEFINE_string, 'cache_dir', None, 'Canvas cache folder.'),
-            (flags.DEFINE_integer, 'num_train_canvases', 48000, 'Training canvases.'),
+            (flags.DEFINE_integer, 'num_train_canvases', 64000, 'Training canvases.'),
             (flags.DEFINE_integer, 'num_test_canvases', 2000, 'Test canvases.'),
             (flags.DEFINE_integer, 'data_seed', 0, 'Seed of the canvas generator.'),
             (flags.DEFINE_integer, 'seed', 0, 'Seed.'),

@@ -232,15 +232,42 @@ def test_config_overrides_reach_the_run(tmp_path):
     common = [sys.executable, str(HERE / "train.py"), f"--data_dir={data}",
               f"--cache_dir={tmp_path / 'cache'}", f"--output_dir={tmp_path / 'out'}"]
     env = {**os.environ, "PYTHONPATH": str(HERE.parents[1])}
-    # 16 training canvases from the override, against the default --batch_size=32.
-    result = subprocess.run(common + ["--config.data.num_train_canvases=16",
+    # 8 training canvases from the override, against the default --batch_size=16.
+    result = subprocess.run(common + ["--config.data.num_train_canvases=8",
                                       "--config.data.num_test_canvases=8"],
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 2, result.stderr[-2000:]
-    assert ("Error: --batch_size=32 is larger than the training set (16 canvases)"
+    assert ("Error: --batch_size=16 is larger than the training set (8 canvases)"
             in result.stderr), result.stderr[-2000:]
     result = subprocess.run(common + ["--config.batch_size=8", "--batch_size=16"],
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Error: --config.batch_size=8 and --batch_size=16 set the same thing" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cpu_devices_split_the_step_unless_xla_flags_say_otherwise(tmp_path):
+    """--cpu_devices asks JAX for that many CPU devices and the run trains over all of them;
+    a device count in XLA_FLAGS wins; 0 is refused."""
+    data = data_folder(tmp_path)
+    common = [sys.executable, str(HERE / "train.py"), f"--data_dir={data}",
+              f"--cache_dir={tmp_path / 'cache'}", "--num_train_canvases=16",
+              "--num_test_canvases=8", "--batch_size=8", "--num_epochs=1", "--noprogress"]
+    flags_without_count = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                                   if "xla_force_host_platform_device_count" not in f)
+    env = {**os.environ, "PYTHONPATH": str(HERE.parents[1]), "XLA_FLAGS": flags_without_count,
+           "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(common + ["--cpu_devices=2", f"--output_dir={tmp_path / 'a'}"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Data-parallel over 2 devices" in result.stderr, result.stderr[-2000:]
+    counted = {**env, "XLA_FLAGS": flags_without_count
+               + " --xla_force_host_platform_device_count=1"}
+    result = subprocess.run(common + ["--cpu_devices=2", f"--output_dir={tmp_path / 'b'}"],
+                            capture_output=True, text=True, timeout=300, env=counted)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Data-parallel" not in result.stderr, result.stderr[-2000:]
+    result = subprocess.run(common + ["--cpu_devices=0", f"--output_dir={tmp_path / 'c'}"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == "Error: --cpu_devices=0: expected 1 or more."

@@ -15,13 +15,13 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.num_epochs = 4
-    config.batch_size = 32
-    config.learning_rate = 4e-3
+    config.batch_size = 16
+    config.learning_rate = 8e-3
     config.warmup_epochs = 0.4
 
     config.data = ml_collections.ConfigDict()
     config.data.dataset = "fashion_mnist"
-    config.data.num_train_canvases = 48000
+    config.data.num_train_canvases = 64000
     config.data.num_test_canvases = 2000
     config.data.data_seed = 0
     return config
