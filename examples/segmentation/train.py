@@ -89,8 +89,9 @@ def define_flags():
     flags.DEFINE_integer('process_id', None, 'This process, 0..N-1 (with --coordinator_address).')
 
 
-# XLA runs one CPU device's step on about one core (the 2-core machine of the README measured
-# 1.1 busy cores); four devices, each a quarter of the batch, ran a step 1.5 times as fast.
+# XLA runs one CPU device's step with about one core at work (a profile on the README's
+# 2-core machine: 1.1 cores' worth of operations); four devices, each a quarter of the batch,
+# ran a step 1.5 times as fast.
 CPU_DEVICES = 4
 EVAL_BATCH_SIZE = 200
 LOG_EVERY = 10  # steps per training-loss row in metrics.jsonl and TensorBoard
