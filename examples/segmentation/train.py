@@ -322,7 +322,8 @@ def train(train_ds, test_ds, cfg=None):
     mesh = make_mesh(cfg.num_devices)
     if mesh is not None and batch_size % mesh.size:
         raise ConfigError(f'--batch_size={batch_size} must be divisible by the number of '
-                          f'devices ({mesh.size}); pass another --batch_size or --num_devices.')
+                          f'devices ({mesh.size}); pass another --batch_size, --num_devices or '
+                          '--cpu_devices.')
     steps_per_epoch = len(train_ds['image']) // batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f'--batch_size={batch_size} is larger than the training set '

@@ -271,3 +271,10 @@ def test_cpu_devices_split_the_step_unless_xla_flags_say_otherwise(tmp_path):
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1] == "Error: --cpu_devices=0: expected 1 or more."
+    # 3 devices cannot split a batch of 8: one Error line that names the flag to change.
+    result = subprocess.run(common + ["--cpu_devices=3", f"--output_dir={tmp_path / 'd'}"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: --batch_size=8 must be divisible by the number of devices (3)")
+    assert "--cpu_devices" in last and "Traceback" not in result.stderr
